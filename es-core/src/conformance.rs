@@ -1,0 +1,374 @@
+//! The store conformance suite: the behaviour every [`EventStore`] must have, written once.
+//!
+//! A store's test file runs every case against fresh stores with one macro call:
+//!
+//! ```ignore
+//! es_core::store_conformance_tests!(async { es_core::MemoryStore::new() });
+//! ```
+//!
+//! The expression is evaluated anew for each case, so each case gets an empty store. The
+//! calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
+
+use std::collections::{BTreeSet, HashSet};
+
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use uuid::Uuid;
+
+use crate::envelope::{Metadata, NewEvent, Position, RecordedEvent};
+use crate::json::RawJson;
+use crate::store::{AppendOutcome, EventStore, ExpectedVersion, Snapshot, StoreError, Until};
+
+const STREAM_TYPE: &str = "conformance";
+
+/// A test event with a fresh id, type `Tested`, version 1 and payload `{"n": n}`.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "Tested".to_owned(),
+        schema_version: 1,
+        payload: RawJson::from(serde_json::json!({ "n": n })),
+        metadata: RawJson::encode(&Metadata {
+            correlation_id: Some(Uuid::new_v4()),
+            source: Some("conformance".to_owned()),
+            ..Metadata::default()
+        })
+        .expect("metadata serializes"),
+    }
+}
+
+/// `count` test events numbered from `first`.
+pub fn events(first: u64, count: u64) -> Vec<NewEvent> {
+    (first..first + count).map(event).collect()
+}
+
+async fn append<S: EventStore>(store: &S, stream: &str, expected: ExpectedVersion, batch: Vec<NewEvent>) -> AppendOutcome {
+    store
+        .append(STREAM_TYPE, stream, expected, batch)
+        .await
+        .unwrap_or_else(|error| panic!("append to `{stream}` expecting {expected} failed: {error}"))
+}
+
+async fn read<S: EventStore>(store: &S, stream: &str, from: u64, until: Until) -> Vec<RecordedEvent> {
+    store
+        .read_stream(stream, from, until)
+        .try_collect()
+        .await
+        .unwrap_or_else(|error| panic!("reading `{stream}` failed: {error}"))
+}
+
+async fn read_whole_log<S: EventStore>(store: &S, page: usize) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    let mut after = Position::START;
+    loop {
+        let batch = store.read_all(after, page).await.expect("read_all works");
+        assert!(batch.len() <= page, "read_all returned more than its limit");
+        let Some(last) = batch.last() else { return all };
+        after = last.position;
+        all.extend(batch);
+    }
+}
+
+fn payload_n(event: &RecordedEvent) -> u64 {
+    event.payload.to_value().expect("payload is JSON")["n"].as_u64().expect("payload has n")
+}
+
+fn assert_conflict(result: Result<AppendOutcome, StoreError>, expected: ExpectedVersion, actual: Option<u64>) {
+    match result {
+        Err(StoreError::Conflict {
+            expected: e, actual: a, ..
+        }) => assert_eq!((e, a), (expected, actual), "conflict reports expected and actual"),
+        other => panic!("expected a conflict expecting {expected} with actual {actual:?}, got {other:?}"),
+    }
+}
+
+/// Versions start at 1 and every envelope field round-trips.
+pub async fn append_and_read_back<S: EventStore>(store: S) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let batch = events(1, 3);
+    let sent = batch.clone();
+    let outcome = append(&store, "s-1", ExpectedVersion::NoStream, batch).await;
+    let AppendOutcome::Appended(range) = outcome else {
+        panic!("a new batch is appended, got {outcome:?}")
+    };
+    assert_eq!((range.first_version, range.last_version), (1, 3));
+    let stored = read(&store, "s-1", 1, Until::End).await;
+    assert_eq!(stored.len(), 3);
+    for (i, (recorded, sent)) in stored.iter().zip(&sent).enumerate() {
+        assert_eq!(recorded.stream_type, STREAM_TYPE);
+        assert_eq!(recorded.stream_id, "s-1");
+        assert_eq!(recorded.stream_version, i as u64 + 1);
+        assert_eq!(recorded.event_id, sent.event_id);
+        assert_eq!(recorded.event_type, sent.event_type);
+        assert_eq!(recorded.schema_version, sent.schema_version);
+        assert_eq!(recorded.payload.to_value().unwrap(), sent.payload.to_value().unwrap());
+        assert_eq!(recorded.metadata().unwrap(), sent.metadata.decode::<Metadata>().unwrap());
+        assert!(recorded.recorded_at >= before && recorded.recorded_at <= Utc::now() + chrono::Duration::seconds(5));
+    }
+    assert_eq!(stored.last().unwrap().position, range.last_position);
+    assert_eq!(store.stream_version("s-1").await.unwrap(), Some(3));
+    assert_eq!(store.stream_version("missing").await.unwrap(), None);
+    assert!(read(&store, "missing", 1, Until::End).await.is_empty());
+}
+
+/// `ExpectedVersion::Any` appends whatever the stream's state.
+pub async fn expected_any<S: EventStore>(store: S) {
+    append(&store, "s", ExpectedVersion::Any, events(1, 1)).await;
+    let range = append(&store, "s", ExpectedVersion::Any, events(2, 2)).await.range();
+    assert_eq!((range.first_version, range.last_version), (2, 3));
+}
+
+/// `NoStream` appends only to a stream that does not exist.
+pub async fn expected_no_stream<S: EventStore>(store: S) {
+    append(&store, "s", ExpectedVersion::NoStream, events(1, 2)).await;
+    let again = store.append(STREAM_TYPE, "s", ExpectedVersion::NoStream, events(3, 1)).await;
+    assert_conflict(again, ExpectedVersion::NoStream, Some(2));
+    append(&store, "t", ExpectedVersion::Exact(0), events(1, 1)).await;
+}
+
+/// `StreamExists` appends only to a stream that has events.
+pub async fn expected_stream_exists<S: EventStore>(store: S) {
+    let missing = store.append(STREAM_TYPE, "s", ExpectedVersion::StreamExists, events(1, 1)).await;
+    assert_conflict(missing, ExpectedVersion::StreamExists, None);
+    append(&store, "s", ExpectedVersion::NoStream, events(1, 1)).await;
+    let range = append(&store, "s", ExpectedVersion::StreamExists, events(2, 1)).await.range();
+    assert_eq!(range.last_version, 2);
+}
+
+/// `Exact(n)` appends only when the stream's last version is n, and reports the actual one.
+pub async fn expected_exact<S: EventStore>(store: S) {
+    let missing = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(3), events(1, 1)).await;
+    assert_conflict(missing, ExpectedVersion::Exact(3), None);
+    append(&store, "s", ExpectedVersion::Exact(0), events(1, 2)).await;
+    append(&store, "s", ExpectedVersion::Exact(2), events(3, 1)).await;
+    let stale = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(2), events(4, 1)).await;
+    assert_conflict(stale, ExpectedVersion::Exact(2), Some(3));
+    let ahead = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(9), events(4, 1)).await;
+    assert_conflict(ahead, ExpectedVersion::Exact(9), Some(3));
+    assert_eq!(read(&store, "s", 1, Until::End).await.len(), 3, "failed appends wrote nothing");
+}
+
+/// Re-sending a written batch reports it as already appended and writes nothing (P8).
+pub async fn idempotent_resend<S: EventStore>(store: S) {
+    let batch = events(1, 3);
+    let first = append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
+    // The reply was lost: the client sends the same batch with the same expectation again.
+    let again = append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
+    assert_eq!(again, AppendOutcome::AlreadyAppended(first.range()));
+    let again_any = append(&store, "s", ExpectedVersion::Any, batch).await;
+    assert_eq!(again_any, AppendOutcome::AlreadyAppended(first.range()));
+    assert_eq!(read(&store, "s", 1, Until::End).await.len(), 3);
+    assert_eq!(read_whole_log(&store, 100).await.len(), 3);
+}
+
+/// An id already used by another event is an error, whatever stream or batch it comes in.
+pub async fn reused_event_id_is_rejected<S: EventStore>(store: S) {
+    let batch = events(1, 2);
+    append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
+    let other_stream = store.append(STREAM_TYPE, "t", ExpectedVersion::Any, vec![batch[0].clone()]).await;
+    assert!(
+        matches!(&other_stream, Err(StoreError::DuplicateEventId { event_id, existing_stream_id, existing_version: 1 })
+            if *event_id == batch[0].event_id && existing_stream_id == "s"),
+        "reuse in another stream: {other_stream:?}"
+    );
+    let mixed = vec![event(9), batch[1].clone()];
+    let partial = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, mixed).await;
+    assert!(matches!(partial, Err(StoreError::DuplicateEventId { .. })), "partly re-sent batch: {partial:?}");
+    let reordered = vec![batch[1].clone(), batch[0].clone()];
+    let reordered = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, reordered).await;
+    assert!(matches!(reordered, Err(StoreError::DuplicateEventId { .. })), "reordered batch: {reordered:?}");
+    let first_only = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, vec![batch[0].clone()]).await;
+    assert!(matches!(first_only, Err(StoreError::DuplicateEventId { .. })), "part of a batch: {first_only:?}");
+    assert_eq!(read_whole_log(&store, 100).await.len(), 2, "nothing was written");
+}
+
+/// Empty batches and an id repeated within a batch are invalid and write nothing.
+pub async fn invalid_batches<S: EventStore>(store: S) {
+    let empty = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, Vec::new()).await;
+    assert!(matches!(empty, Err(StoreError::InvalidAppend { .. })), "empty batch: {empty:?}");
+    let one = event(1);
+    let twice = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, vec![one.clone(), one]).await;
+    assert!(matches!(twice, Err(StoreError::InvalidAppend { .. })), "repeated id: {twice:?}");
+    assert_eq!(store.stream_version("s").await.unwrap(), None);
+}
+
+/// Stream reads start at a version and stop at a version or a time (P13).
+pub async fn read_ranges<S: EventStore>(store: S) {
+    append(&store, "s", ExpectedVersion::NoStream, events(1, 5)).await;
+    let from_three: Vec<u64> = read(&store, "s", 3, Until::End).await.iter().map(|e| e.stream_version).collect();
+    assert_eq!(from_three, [3, 4, 5]);
+    let to_two: Vec<u64> = read(&store, "s", 1, Until::Version(2)).await.iter().map(|e| e.stream_version).collect();
+    assert_eq!(to_two, [1, 2]);
+    assert!(read(&store, "s", 6, Until::End).await.is_empty());
+    let cut = read(&store, "s", 1, Until::End).await[4].recorded_at;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    append(&store, "s", ExpectedVersion::Exact(5), events(6, 2)).await;
+    let until_cut = read(&store, "s", 1, Until::RecordedAt(cut)).await;
+    assert_eq!(until_cut.len(), 5, "events recorded after the time are excluded");
+    assert!(read(&store, "s", 1, Until::RecordedAt(cut - chrono::Duration::days(1))).await.is_empty());
+}
+
+/// A long stream reads completely and in order through the stream interface (P11).
+pub async fn long_stream<S: EventStore>(store: S) {
+    for chunk in 0..10 {
+        append(&store, "long", ExpectedVersion::Any, events(chunk * 300 + 1, 300)).await;
+    }
+    let mut stream = store.read_stream("long", 1, Until::End);
+    let mut expected = 1;
+    while let Some(event) = stream.try_next().await.expect("stream reads") {
+        assert_eq!(event.stream_version, expected);
+        assert_eq!(payload_n(&event), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, 3001);
+}
+
+/// The global log is read in order, in pages, with strictly increasing positions.
+pub async fn global_log_order<S: EventStore>(store: S) {
+    append(&store, "a", ExpectedVersion::Any, events(1, 2)).await;
+    append(&store, "b", ExpectedVersion::Any, events(3, 3)).await;
+    append(&store, "a", ExpectedVersion::Any, events(6, 1)).await;
+    for page in [1, 2, 4, 100] {
+        let log = read_whole_log(&store, page).await;
+        let numbers: Vec<u64> = log.iter().map(payload_n).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5, 6], "page size {page}");
+        assert!(log.windows(2).all(|w| w[0].position < w[1].position));
+    }
+    let all = store.read_all(Position::START, 100).await.unwrap();
+    let after_third = store.read_all(all[2].position, 100).await.unwrap();
+    assert_eq!(after_third.iter().map(payload_n).collect::<Vec<_>>(), [4, 5, 6]);
+    assert!(store.read_all(all[5].position, 100).await.unwrap().is_empty());
+}
+
+/// Snapshots save, load and replace per stream.
+pub async fn snapshots<S: EventStore>(store: S) {
+    assert_eq!(store.load_snapshot("s").await.unwrap(), None);
+    let mut snapshot = Snapshot {
+        stream_type: STREAM_TYPE.to_owned(),
+        stream_id: "s".to_owned(),
+        stream_version: 10,
+        state_version: 1,
+        state: RawJson::from(serde_json::json!({ "total": 10 })),
+        taken_at: Utc::now(),
+    };
+    store.save_snapshot(&snapshot).await.unwrap();
+    let loaded = store.load_snapshot("s").await.unwrap().expect("saved snapshot loads");
+    assert_eq!((loaded.stream_version, loaded.state_version), (10, 1));
+    assert_eq!(loaded.state.to_value().unwrap(), serde_json::json!({ "total": 10 }));
+    snapshot.stream_version = 20;
+    snapshot.state_version = 2;
+    snapshot.state = RawJson::from(serde_json::json!({ "total": 20 }));
+    store.save_snapshot(&snapshot).await.unwrap();
+    let replaced = store.load_snapshot("s").await.unwrap().unwrap();
+    assert_eq!((replaced.stream_version, replaced.state_version), (20, 2));
+    assert_eq!(store.load_snapshot("t").await.unwrap(), None);
+}
+
+/// Stream ids are stored verbatim, whatever characters they hold.
+pub async fn stream_ids_verbatim<S: EventStore>(store: S) {
+    let long = "x".repeat(1000);
+    let ids = [
+        "o'brien",
+        "a\"b",
+        "x; DROP TABLE events; --",
+        "日本語-ストリーム-🦀",
+        "back\\slash",
+        "%_wild*card",
+        long.as_str(),
+    ];
+    for id in ids {
+        append(&store, id, ExpectedVersion::NoStream, events(1, 1)).await;
+        let stored = read(&store, id, 1, Until::End).await;
+        assert_eq!(stored.len(), 1, "stream {id:?}");
+        assert_eq!(stored[0].stream_id, id);
+        assert_eq!(store.stream_version(id).await.unwrap(), Some(1));
+    }
+    let log = read_whole_log(&store, 100).await;
+    let stored: BTreeSet<&str> = log.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(stored, ids.into_iter().collect());
+}
+
+/// Many tasks appending to one stream with exact expectations: each version is won once.
+pub async fn concurrent_appends_one_stream<S: EventStore>(store: S) {
+    const TASKS: u64 = 8;
+    const APPENDS: u64 = 25;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            let mut written = 0;
+            while written < APPENDS {
+                let current = store.stream_version("hot").await.unwrap();
+                let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                match store.append(STREAM_TYPE, "hot", expected, vec![event(task * 1000 + written)]).await {
+                    Ok(_) => written += 1,
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(error) => panic!("unexpected error: {error}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("task finished");
+    }
+    let stored = read(&store, "hot", 1, Until::End).await;
+    assert_eq!(stored.len() as u64, TASKS * APPENDS);
+    let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=TASKS * APPENDS).collect::<Vec<_>>());
+    let distinct: HashSet<u64> = stored.iter().map(payload_n).collect();
+    assert_eq!(distinct.len() as u64, TASKS * APPENDS, "no event lost or duplicated");
+}
+
+/// Many tasks appending to their own streams: the global log holds every event exactly once.
+pub async fn concurrent_appends_many_streams<S: EventStore>(store: S) {
+    const TASKS: u64 = 8;
+    const APPENDS: u64 = 20;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for n in 0..APPENDS {
+                let stream = format!("task-{task}");
+                append(&store, &stream, ExpectedVersion::Any, events(task * 1000 + n * 2, 2)).await;
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("task finished");
+    }
+    let log = read_whole_log(&store, 37).await;
+    assert_eq!(log.len() as u64, TASKS * APPENDS * 2);
+    let ids: HashSet<Uuid> = log.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), log.len(), "no event appears twice in the log");
+    assert!(log.windows(2).all(|w| w[0].position < w[1].position));
+    for task in 0..TASKS {
+        let stream = read(&store, &format!("task-{task}"), 1, Until::End).await;
+        let numbers: Vec<u64> = stream.iter().map(payload_n).collect();
+        let expected: Vec<u64> = (0..APPENDS * 2).map(|i| task * 1000 + i).collect();
+        assert_eq!(numbers, expected, "stream of task {task} keeps its order");
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance case; `$make` is an async expression that
+/// yields a fresh, empty store and is evaluated once per case.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            append_and_read_back, expected_any, expected_no_stream, expected_stream_exists,
+            expected_exact, idempotent_resend, reused_event_id_is_rejected, invalid_batches,
+            read_ranges, long_stream, global_log_order, snapshots, stream_ids_verbatim,
+            concurrent_appends_one_stream, concurrent_appends_many_streams);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $make.await;
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,69 @@
+//! What generated code needs from the runtime. Not public API: names here may change in any
+//! release. Generated code reaches everything through `::es_core::__private::...`.
+
+pub use ::core;
+pub use ::schemars;
+pub use ::serde;
+pub use ::serde_json;
+pub use ::std;
+
+pub use crate::aggregate::{Aggregate, Apply};
+pub use crate::event::{DecodeError, Event, EventSchema, EventType};
+pub use crate::json::RawJson;
+
+/// Folds one event into an aggregate; `#[derive(Event)]` implements it for every aggregate that
+/// has apply logic for each of the enum's events, so a missing one names the aggregate and event.
+pub trait Dispatch<A> {
+    /// Calls the aggregate's `Apply` implementation for this event.
+    fn dispatch(&self, aggregate: &mut A);
+}
+
+/// Serializes a payload.
+#[inline]
+pub fn encode<T: serde::Serialize + ?Sized>(payload: &T) -> Result<RawJson, serde_json::Error> {
+    RawJson::encode(payload)
+}
+
+/// Deserializes the payload of `event_type` at `version` as `T`.
+#[inline]
+pub fn decode<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    version: u32,
+    payload: &str,
+) -> Result<T, DecodeError> {
+    serde_json::from_str(payload).map_err(|source| DecodeError::InvalidPayload {
+        event_type: event_type.to_owned(),
+        version,
+        source,
+    })
+}
+
+/// No variant is called `event_type`.
+#[cold]
+pub fn unknown_type(event_type: &str) -> DecodeError {
+    DecodeError::UnknownType {
+        event_type: event_type.to_owned(),
+    }
+}
+
+/// `version` is newer than `current`, or older with no upcast step.
+#[cold]
+pub fn unsupported_version(event_type: &str, version: u32, current: u32) -> DecodeError {
+    if version > current {
+        DecodeError::NewerVersion {
+            event_type: event_type.to_owned(),
+            version,
+            current,
+        }
+    } else {
+        DecodeError::NoUpcastPath {
+            event_type: event_type.to_owned(),
+            version,
+        }
+    }
+}
+
+/// The schema of a payload type.
+pub fn schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.root_schema_for::<T>()
+}

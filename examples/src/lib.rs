@@ -1,0 +1,6 @@
+//! The domains of the design documents, written with es: seed 000's orders. The runnable
+//! programs are in `examples/`; the tests of the workspace reuse these types.
+#![deny(missing_docs)]
+
+pub mod bank;
+pub mod order;
