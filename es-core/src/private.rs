@@ -63,6 +63,28 @@ pub fn unsupported_version(event_type: &str, version: u32, current: u32) -> Deco
     }
 }
 
+/// The stored payload of an event without data: an empty JSON object.
+#[inline]
+pub fn unit_payload() -> RawJson {
+    RawJson::from_string("{}")
+}
+
+/// Checks the payload of an event without data: any JSON value is accepted (fields added by a
+/// newer writer are ignored), but it must be JSON.
+#[inline]
+pub fn decode_unit(event_type: &str, version: u32, payload: &str) -> Result<(), DecodeError> {
+    decode::<serde::de::IgnoredAny>(event_type, version, payload).map(drop)
+}
+
+/// The schema of an event without data: an object with no required fields.
+pub fn unit_schema(event_type: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": event_type,
+        "type": "object"
+    })
+}
+
 /// The schema of a payload type.
 pub fn schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     generator.root_schema_for::<T>()
