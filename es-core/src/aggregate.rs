@@ -5,8 +5,12 @@ use crate::json::RawJson;
 
 /// An event-sourced aggregate, usually a struct with `#[derive(Aggregate)]`.
 ///
-/// The state starts from [`Default`] and evolves by [`Aggregate::apply`], which the derive
+/// The state starts from [`Default`] and evolves by [`Aggregate::apply_event`], which the derive
 /// generates as an exhaustive `match` calling one [`Apply`] implementation per event.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an aggregate",
+    note = "derive it: `#[derive(Default, es_core::Aggregate)] #[aggregate(name = \"...\", event = YourEventEnum)]`"
+)]
 pub trait Aggregate: Default + Send + Sync + 'static {
     /// The stable stream type name stored with every event of this aggregate.
     const NAME: &'static str;
@@ -19,7 +23,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     type Event: Event;
 
     /// Evolves the state by one event.
-    fn apply(&mut self, event: &Self::Event);
+    fn apply_event(&mut self, event: &Self::Event);
 
     /// Serializes the state for a snapshot; `None` when the aggregate takes no snapshots.
     fn encode_state(&self) -> Option<Result<RawJson, serde_json::Error>> {
@@ -37,7 +41,8 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no apply logic for event `{E}`",
     label = "`{Self}` does not implement `Apply<{E}>`",
-    note = "every event of an aggregate needs apply logic: write `impl es_core::Apply<{E}> for {Self} {{ fn apply(&mut self, event: &{E}) {{ /* change the state */ }} }}`"
+    note = "every event of an aggregate needs apply logic: write `impl es_core::Apply<{E}> for {Self} {{ fn apply(&mut self, event: &{E}) {{ /* change the state */ }} }}`",
+    note = "for an event without data, `{E}` is its marker type in the module named after the event enum in snake case, e.g. `order_event::{E}`"
 )]
 pub trait Apply<E> {
     /// Changes the state to reflect `event`.

@@ -42,14 +42,24 @@ pub fn events(first: u64, count: u64) -> Vec<NewEvent> {
     (first..first + count).map(event).collect()
 }
 
-async fn append<S: EventStore>(store: &S, stream: &str, expected: ExpectedVersion, batch: Vec<NewEvent>) -> AppendOutcome {
+async fn append<S: EventStore>(
+    store: &S,
+    stream: &str,
+    expected: ExpectedVersion,
+    batch: Vec<NewEvent>,
+) -> AppendOutcome {
     store
         .append(STREAM_TYPE, stream, expected, batch)
         .await
         .unwrap_or_else(|error| panic!("append to `{stream}` expecting {expected} failed: {error}"))
 }
 
-async fn read<S: EventStore>(store: &S, stream: &str, from: u64, until: Until) -> Vec<RecordedEvent> {
+async fn read<S: EventStore>(
+    store: &S,
+    stream: &str,
+    from: u64,
+    until: Until,
+) -> Vec<RecordedEvent> {
     store
         .read_stream(stream, from, until)
         .try_collect()
@@ -70,15 +80,29 @@ async fn read_whole_log<S: EventStore>(store: &S, page: usize) -> Vec<RecordedEv
 }
 
 fn payload_n(event: &RecordedEvent) -> u64 {
-    event.payload.to_value().expect("payload is JSON")["n"].as_u64().expect("payload has n")
+    event.payload.to_value().expect("payload is JSON")["n"]
+        .as_u64()
+        .expect("payload has n")
 }
 
-fn assert_conflict(result: Result<AppendOutcome, StoreError>, expected: ExpectedVersion, actual: Option<u64>) {
+fn assert_conflict(
+    result: Result<AppendOutcome, StoreError>,
+    expected: ExpectedVersion,
+    actual: Option<u64>,
+) {
     match result {
         Err(StoreError::Conflict {
-            expected: e, actual: a, ..
-        }) => assert_eq!((e, a), (expected, actual), "conflict reports expected and actual"),
-        other => panic!("expected a conflict expecting {expected} with actual {actual:?}, got {other:?}"),
+            expected: e,
+            actual: a,
+            ..
+        }) => assert_eq!(
+            (e, a),
+            (expected, actual),
+            "conflict reports expected and actual"
+        ),
+        other => {
+            panic!("expected a conflict expecting {expected} with actual {actual:?}, got {other:?}")
+        }
     }
 }
 
@@ -101,9 +125,18 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         assert_eq!(recorded.event_id, sent.event_id);
         assert_eq!(recorded.event_type, sent.event_type);
         assert_eq!(recorded.schema_version, sent.schema_version);
-        assert_eq!(recorded.payload.to_value().unwrap(), sent.payload.to_value().unwrap());
-        assert_eq!(recorded.metadata().unwrap(), sent.metadata.decode::<Metadata>().unwrap());
-        assert!(recorded.recorded_at >= before && recorded.recorded_at <= Utc::now() + chrono::Duration::seconds(5));
+        assert_eq!(
+            recorded.payload.to_value().unwrap(),
+            sent.payload.to_value().unwrap()
+        );
+        assert_eq!(
+            recorded.metadata().unwrap(),
+            sent.metadata.decode::<Metadata>().unwrap()
+        );
+        assert!(
+            recorded.recorded_at >= before
+                && recorded.recorded_at <= Utc::now() + chrono::Duration::seconds(5)
+        );
     }
     assert_eq!(stored.last().unwrap().position, range.last_position);
     assert_eq!(store.stream_version("s-1").await.unwrap(), Some(3));
@@ -114,38 +147,61 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
 /// `ExpectedVersion::Any` appends whatever the stream's state.
 pub async fn expected_any<S: EventStore>(store: S) {
     append(&store, "s", ExpectedVersion::Any, events(1, 1)).await;
-    let range = append(&store, "s", ExpectedVersion::Any, events(2, 2)).await.range();
+    let range = append(&store, "s", ExpectedVersion::Any, events(2, 2))
+        .await
+        .range();
     assert_eq!((range.first_version, range.last_version), (2, 3));
 }
 
 /// `NoStream` appends only to a stream that does not exist.
 pub async fn expected_no_stream<S: EventStore>(store: S) {
     append(&store, "s", ExpectedVersion::NoStream, events(1, 2)).await;
-    let again = store.append(STREAM_TYPE, "s", ExpectedVersion::NoStream, events(3, 1)).await;
+    let again = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::NoStream, events(3, 1))
+        .await;
     assert_conflict(again, ExpectedVersion::NoStream, Some(2));
     append(&store, "t", ExpectedVersion::Exact(0), events(1, 1)).await;
 }
 
 /// `StreamExists` appends only to a stream that has events.
 pub async fn expected_stream_exists<S: EventStore>(store: S) {
-    let missing = store.append(STREAM_TYPE, "s", ExpectedVersion::StreamExists, events(1, 1)).await;
+    let missing = store
+        .append(
+            STREAM_TYPE,
+            "s",
+            ExpectedVersion::StreamExists,
+            events(1, 1),
+        )
+        .await;
     assert_conflict(missing, ExpectedVersion::StreamExists, None);
     append(&store, "s", ExpectedVersion::NoStream, events(1, 1)).await;
-    let range = append(&store, "s", ExpectedVersion::StreamExists, events(2, 1)).await.range();
+    let range = append(&store, "s", ExpectedVersion::StreamExists, events(2, 1))
+        .await
+        .range();
     assert_eq!(range.last_version, 2);
 }
 
 /// `Exact(n)` appends only when the stream's last version is n, and reports the actual one.
 pub async fn expected_exact<S: EventStore>(store: S) {
-    let missing = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(3), events(1, 1)).await;
+    let missing = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Exact(3), events(1, 1))
+        .await;
     assert_conflict(missing, ExpectedVersion::Exact(3), None);
     append(&store, "s", ExpectedVersion::Exact(0), events(1, 2)).await;
     append(&store, "s", ExpectedVersion::Exact(2), events(3, 1)).await;
-    let stale = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(2), events(4, 1)).await;
+    let stale = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Exact(2), events(4, 1))
+        .await;
     assert_conflict(stale, ExpectedVersion::Exact(2), Some(3));
-    let ahead = store.append(STREAM_TYPE, "s", ExpectedVersion::Exact(9), events(4, 1)).await;
+    let ahead = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Exact(9), events(4, 1))
+        .await;
     assert_conflict(ahead, ExpectedVersion::Exact(9), Some(3));
-    assert_eq!(read(&store, "s", 1, Until::End).await.len(), 3, "failed appends wrote nothing");
+    assert_eq!(
+        read(&store, "s", 1, Until::End).await.len(),
+        3,
+        "failed appends wrote nothing"
+    );
 }
 
 /// Re-sending a written batch reports it as already appended and writes nothing (P8).
@@ -165,53 +221,126 @@ pub async fn idempotent_resend<S: EventStore>(store: S) {
 pub async fn reused_event_id_is_rejected<S: EventStore>(store: S) {
     let batch = events(1, 2);
     append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
-    let other_stream = store.append(STREAM_TYPE, "t", ExpectedVersion::Any, vec![batch[0].clone()]).await;
+    let other_stream = store
+        .append(
+            STREAM_TYPE,
+            "t",
+            ExpectedVersion::Any,
+            vec![batch[0].clone()],
+        )
+        .await;
     assert!(
         matches!(&other_stream, Err(StoreError::DuplicateEventId { event_id, existing_stream_id, existing_version: 1 })
             if *event_id == batch[0].event_id && existing_stream_id == "s"),
         "reuse in another stream: {other_stream:?}"
     );
     let mixed = vec![event(9), batch[1].clone()];
-    let partial = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, mixed).await;
-    assert!(matches!(partial, Err(StoreError::DuplicateEventId { .. })), "partly re-sent batch: {partial:?}");
+    let partial = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Any, mixed)
+        .await;
+    assert!(
+        matches!(partial, Err(StoreError::DuplicateEventId { .. })),
+        "partly re-sent batch: {partial:?}"
+    );
     let reordered = vec![batch[1].clone(), batch[0].clone()];
-    let reordered = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, reordered).await;
-    assert!(matches!(reordered, Err(StoreError::DuplicateEventId { .. })), "reordered batch: {reordered:?}");
-    let first_only = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, vec![batch[0].clone()]).await;
-    assert!(matches!(first_only, Err(StoreError::DuplicateEventId { .. })), "part of a batch: {first_only:?}");
-    assert_eq!(read_whole_log(&store, 100).await.len(), 2, "nothing was written");
+    let reordered = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Any, reordered)
+        .await;
+    assert!(
+        matches!(reordered, Err(StoreError::DuplicateEventId { .. })),
+        "reordered batch: {reordered:?}"
+    );
+    let first_only = store
+        .append(
+            STREAM_TYPE,
+            "s",
+            ExpectedVersion::Any,
+            vec![batch[0].clone()],
+        )
+        .await;
+    assert!(
+        matches!(first_only, Err(StoreError::DuplicateEventId { .. })),
+        "part of a batch: {first_only:?}"
+    );
+    assert_eq!(
+        read_whole_log(&store, 100).await.len(),
+        2,
+        "nothing was written"
+    );
 }
 
 /// Empty batches and an id repeated within a batch are invalid and write nothing.
 pub async fn invalid_batches<S: EventStore>(store: S) {
-    let empty = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, Vec::new()).await;
-    assert!(matches!(empty, Err(StoreError::InvalidAppend { .. })), "empty batch: {empty:?}");
+    let empty = store
+        .append(STREAM_TYPE, "s", ExpectedVersion::Any, Vec::new())
+        .await;
+    assert!(
+        matches!(empty, Err(StoreError::InvalidAppend { .. })),
+        "empty batch: {empty:?}"
+    );
     let one = event(1);
-    let twice = store.append(STREAM_TYPE, "s", ExpectedVersion::Any, vec![one.clone(), one]).await;
-    assert!(matches!(twice, Err(StoreError::InvalidAppend { .. })), "repeated id: {twice:?}");
+    let twice = store
+        .append(
+            STREAM_TYPE,
+            "s",
+            ExpectedVersion::Any,
+            vec![one.clone(), one],
+        )
+        .await;
+    assert!(
+        matches!(twice, Err(StoreError::InvalidAppend { .. })),
+        "repeated id: {twice:?}"
+    );
     assert_eq!(store.stream_version("s").await.unwrap(), None);
 }
 
 /// Stream reads start at a version and stop at a version or a time (P13).
 pub async fn read_ranges<S: EventStore>(store: S) {
     append(&store, "s", ExpectedVersion::NoStream, events(1, 5)).await;
-    let from_three: Vec<u64> = read(&store, "s", 3, Until::End).await.iter().map(|e| e.stream_version).collect();
+    let from_three: Vec<u64> = read(&store, "s", 3, Until::End)
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
     assert_eq!(from_three, [3, 4, 5]);
-    let to_two: Vec<u64> = read(&store, "s", 1, Until::Version(2)).await.iter().map(|e| e.stream_version).collect();
+    let to_two: Vec<u64> = read(&store, "s", 1, Until::Version(2))
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
     assert_eq!(to_two, [1, 2]);
     assert!(read(&store, "s", 6, Until::End).await.is_empty());
     let cut = read(&store, "s", 1, Until::End).await[4].recorded_at;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     append(&store, "s", ExpectedVersion::Exact(5), events(6, 2)).await;
     let until_cut = read(&store, "s", 1, Until::RecordedAt(cut)).await;
-    assert_eq!(until_cut.len(), 5, "events recorded after the time are excluded");
-    assert!(read(&store, "s", 1, Until::RecordedAt(cut - chrono::Duration::days(1))).await.is_empty());
+    assert_eq!(
+        until_cut.len(),
+        5,
+        "events recorded after the time are excluded"
+    );
+    assert!(
+        read(
+            &store,
+            "s",
+            1,
+            Until::RecordedAt(cut - chrono::Duration::days(1))
+        )
+        .await
+        .is_empty()
+    );
 }
 
 /// A long stream reads completely and in order through the stream interface (P11).
 pub async fn long_stream<S: EventStore>(store: S) {
     for chunk in 0..10 {
-        append(&store, "long", ExpectedVersion::Any, events(chunk * 300 + 1, 300)).await;
+        append(
+            &store,
+            "long",
+            ExpectedVersion::Any,
+            events(chunk * 300 + 1, 300),
+        )
+        .await;
     }
     let mut stream = store.read_stream("long", 1, Until::End);
     let mut expected = 1;
@@ -236,8 +365,17 @@ pub async fn global_log_order<S: EventStore>(store: S) {
     }
     let all = store.read_all(Position::START, 100).await.unwrap();
     let after_third = store.read_all(all[2].position, 100).await.unwrap();
-    assert_eq!(after_third.iter().map(payload_n).collect::<Vec<_>>(), [4, 5, 6]);
-    assert!(store.read_all(all[5].position, 100).await.unwrap().is_empty());
+    assert_eq!(
+        after_third.iter().map(payload_n).collect::<Vec<_>>(),
+        [4, 5, 6]
+    );
+    assert!(
+        store
+            .read_all(all[5].position, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Snapshots save, load and replace per stream.
@@ -252,9 +390,16 @@ pub async fn snapshots<S: EventStore>(store: S) {
         taken_at: Utc::now(),
     };
     store.save_snapshot(&snapshot).await.unwrap();
-    let loaded = store.load_snapshot("s").await.unwrap().expect("saved snapshot loads");
+    let loaded = store
+        .load_snapshot("s")
+        .await
+        .unwrap()
+        .expect("saved snapshot loads");
     assert_eq!((loaded.stream_version, loaded.state_version), (10, 1));
-    assert_eq!(loaded.state.to_value().unwrap(), serde_json::json!({ "total": 10 }));
+    assert_eq!(
+        loaded.state.to_value().unwrap(),
+        serde_json::json!({ "total": 10 })
+    );
     snapshot.stream_version = 20;
     snapshot.state_version = 2;
     snapshot.state = RawJson::from(serde_json::json!({ "total": 20 }));
@@ -301,7 +446,15 @@ pub async fn concurrent_appends_one_stream<S: EventStore>(store: S) {
             while written < APPENDS {
                 let current = store.stream_version("hot").await.unwrap();
                 let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                match store.append(STREAM_TYPE, "hot", expected, vec![event(task * 1000 + written)]).await {
+                match store
+                    .append(
+                        STREAM_TYPE,
+                        "hot",
+                        expected,
+                        vec![event(task * 1000 + written)],
+                    )
+                    .await
+                {
                     Ok(_) => written += 1,
                     Err(StoreError::Conflict { .. }) => conflicts += 1,
                     Err(error) => panic!("unexpected error: {error}"),
@@ -318,7 +471,11 @@ pub async fn concurrent_appends_one_stream<S: EventStore>(store: S) {
     let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, (1..=TASKS * APPENDS).collect::<Vec<_>>());
     let distinct: HashSet<u64> = stored.iter().map(payload_n).collect();
-    assert_eq!(distinct.len() as u64, TASKS * APPENDS, "no event lost or duplicated");
+    assert_eq!(
+        distinct.len() as u64,
+        TASKS * APPENDS,
+        "no event lost or duplicated"
+    );
 }
 
 /// Many tasks appending to their own streams: the global log holds every event exactly once.
@@ -331,7 +488,13 @@ pub async fn concurrent_appends_many_streams<S: EventStore>(store: S) {
         handles.push(tokio::spawn(async move {
             for n in 0..APPENDS {
                 let stream = format!("task-{task}");
-                append(&store, &stream, ExpectedVersion::Any, events(task * 1000 + n * 2, 2)).await;
+                append(
+                    &store,
+                    &stream,
+                    ExpectedVersion::Any,
+                    events(task * 1000 + n * 2, 2),
+                )
+                .await;
             }
         }));
     }

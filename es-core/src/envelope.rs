@@ -15,7 +15,9 @@ use crate::json::RawJson;
 /// taken at insert, `transaction` orders the writing transactions so that a reader can wait for
 /// a transaction that is still open instead of skipping past its events (see es-postgres).
 /// Stores with a single writer use the append's own counter as `transaction`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Position {
     /// The writing transaction's place in commit-safe order.
     pub transaction: u64,
@@ -134,7 +136,11 @@ impl CommandContext {
     }
 
     /// Adds a free-form field.
-    pub fn with_field(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_field(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.extra.insert(key.into(), value.into());
         self
     }
@@ -170,7 +176,10 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// Encodes a typed event with a fresh id.
-    pub fn encode<E: crate::Event>(event: &E, metadata: &Metadata) -> Result<Self, serde_json::Error> {
+    pub fn encode<E: crate::Event>(
+        event: &E,
+        metadata: &Metadata,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Self {
             event_id: Uuid::new_v4(),
             event_type: event.event_type().to_owned(),

@@ -28,6 +28,11 @@ pub struct EventSchema {
 ///
 /// Encoding yields the payload alone; the event type name and schema version are stored beside
 /// it, so the stored JSON is the payload struct's own, readable from any language.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event enum",
+    label = "not a `#[derive(Event)]` enum",
+    note = "derive it on the enum of the aggregate's events: `#[derive(es_core::Event)] pub enum {Self} {{ ... }}`"
+)]
 pub trait Event: Sized + Send + Sync + 'static {
     /// Every event type of this set, in declaration order.
     const TYPES: &'static [EventType];

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::envelope::{NewEvent, Position, RecordedEvent};
 use crate::projection::{DeadLetter, ProjectionStore};
 use crate::store::{
-    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, Snapshot, StoreError, Until,
+    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, Snapshot, StoreError,
+    Until,
 };
 
 /// How many events a stream read copies out per lock acquisition.
@@ -56,22 +57,34 @@ impl MemoryStore {
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated: appends validate
         // everything before the first mutation.
-        self.inner.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Inner {
     fn current_version(&self, stream_id: &str) -> Option<u64> {
-        self.streams.get(stream_id).map(|indices| indices.len() as u64)
+        self.streams
+            .get(stream_id)
+            .map(|indices| indices.len() as u64)
     }
 
     /// `Some` when this exact batch is already stored; an error when one of its ids is used
     /// elsewhere; `None` when none of its ids is known.
-    fn find_previous_append(&self, stream_id: &str, events: &[NewEvent]) -> Result<Option<AppendedRange>, StoreError> {
+    fn find_previous_append(
+        &self,
+        stream_id: &str,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendedRange>, StoreError> {
         let mut seen = HashMap::with_capacity(events.len());
         for event in events {
             if seen.insert(event.event_id, ()).is_some() {
@@ -81,15 +94,20 @@ impl Inner {
                 });
             }
         }
-        let Some((event_id, first_index)) = events
-            .iter()
-            .find_map(|event| self.event_ids.get(&event.event_id).map(|&index| (event.event_id, index)))
-        else {
+        let Some((event_id, first_index)) = events.iter().find_map(|event| {
+            self.event_ids
+                .get(&event.event_id)
+                .map(|&index| (event.event_id, index))
+        }) else {
             return Ok(None);
         };
         let existing = &self.log[first_index];
         let first_version = existing.stream_version;
-        let stream = self.streams.get(stream_id).map(Vec::as_slice).unwrap_or_default();
+        let stream = self
+            .streams
+            .get(stream_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let start = (first_version - 1) as usize;
         let transaction = existing.position.transaction;
         let in_batch = |slot: usize| stream.get(slot).map(|&index| &self.log[index]);
@@ -97,10 +115,12 @@ impl Inner {
         let same_batch = existing.event_id == events[0].event_id
             && existing.stream_id == stream_id
             && events.iter().enumerate().all(|(offset, event)| {
-                in_batch(start + offset)
-                    .is_some_and(|stored| stored.event_id == event.event_id && stored.position.transaction == transaction)
+                in_batch(start + offset).is_some_and(|stored| {
+                    stored.event_id == event.event_id && stored.position.transaction == transaction
+                })
             })
-            && in_batch(start + events.len()).is_none_or(|next| next.position.transaction != transaction);
+            && in_batch(start + events.len())
+                .is_none_or(|next| next.position.transaction != transaction);
         if !same_batch {
             return Err(StoreError::DuplicateEventId {
                 event_id,
@@ -174,13 +194,22 @@ impl EventStore for MemoryStore {
             last_version: last.stream_version,
             last_position: last.position,
         };
-        inner.streams.entry(stream_id.to_owned()).or_default().extend(indices);
+        inner
+            .streams
+            .entry(stream_id.to_owned())
+            .or_default()
+            .extend(indices);
         drop(inner);
         self.inner.appended.notify_waiters();
         Ok(AppendOutcome::Appended(range))
     }
 
-    fn read_stream<'a>(&'a self, stream_id: &'a str, from_version: u64, until: Until) -> EventStream<'a> {
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+        until: Until,
+    ) -> EventStream<'a> {
         let start = from_version.max(1) as usize - 1;
         Box::pin(futures_util::stream::unfold(
             (start, Vec::<RecordedEvent>::new().into_iter(), false),
@@ -193,7 +222,11 @@ impl EventStore for MemoryStore {
                         return None;
                     }
                     let inner = self.read();
-                    let indices = inner.streams.get(stream_id).map(Vec::as_slice).unwrap_or_default();
+                    let indices = inner
+                        .streams
+                        .get(stream_id)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
                     let chunk: Vec<RecordedEvent> = indices
                         .iter()
                         .skip(next)
@@ -214,14 +247,20 @@ impl EventStore for MemoryStore {
         Ok(self.read().current_version(stream_id))
     }
 
-    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let inner = self.read();
         let start = inner.log.partition_point(|event| event.position <= after);
         Ok(inner.log[start..].iter().take(limit).cloned().collect())
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.write().snapshots.insert(snapshot.stream_id.clone(), snapshot.clone());
+        self.write()
+            .snapshots
+            .insert(snapshot.stream_id.clone(), snapshot.clone());
         Ok(())
     }
 
@@ -259,7 +298,10 @@ impl Drop for MemoryLock {
 
 impl MemoryStore {
     fn locked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.inner.locked.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .locked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -279,7 +321,10 @@ impl ProjectionStore for MemoryStore {
                     inner.checkpoints.insert(projection, position);
                 }
                 Change::Park(letter) => {
-                    let letters = inner.dead_letters.entry(letter.projection.clone()).or_default();
+                    let letters = inner
+                        .dead_letters
+                        .entry(letter.projection.clone())
+                        .or_default();
                     letters.retain(|existing| existing.position != letter.position);
                     letters.push(letter);
                     letters.sort_by_key(|letter| letter.position);
@@ -308,33 +353,61 @@ impl ProjectionStore for MemoryStore {
         projection: &str,
         position: Position,
     ) -> Result<(), StoreError> {
-        transaction.changes.push(Change::Checkpoint(projection.to_owned(), position));
+        transaction
+            .changes
+            .push(Change::Checkpoint(projection.to_owned(), position));
         Ok(())
     }
 
-    async fn park(&self, transaction: &mut MemoryTransaction, dead_letter: &DeadLetter) -> Result<(), StoreError> {
+    async fn park(
+        &self,
+        transaction: &mut MemoryTransaction,
+        dead_letter: &DeadLetter,
+    ) -> Result<(), StoreError> {
         transaction.changes.push(Change::Park(dead_letter.clone()));
         Ok(())
     }
 
-    async fn unpark(&self, transaction: &mut MemoryTransaction, projection: &str, position: Position) -> Result<(), StoreError> {
-        transaction.changes.push(Change::Unpark(projection.to_owned(), position));
+    async fn unpark(
+        &self,
+        transaction: &mut MemoryTransaction,
+        projection: &str,
+        position: Position,
+    ) -> Result<(), StoreError> {
+        transaction
+            .changes
+            .push(Change::Unpark(projection.to_owned(), position));
         Ok(())
     }
 
-    async fn reset_projection(&self, transaction: &mut MemoryTransaction, projection: &str) -> Result<(), StoreError> {
-        transaction.changes.push(Change::Reset(projection.to_owned()));
+    async fn reset_projection(
+        &self,
+        transaction: &mut MemoryTransaction,
+        projection: &str,
+    ) -> Result<(), StoreError> {
+        transaction
+            .changes
+            .push(Change::Reset(projection.to_owned()));
         Ok(())
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>, StoreError> {
-        Ok(self.read().dead_letters.get(projection).cloned().unwrap_or_default())
+        Ok(self
+            .read()
+            .dead_letters
+            .get(projection)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
         let inner = self.read();
         let index = inner.log.partition_point(|event| event.position < position);
-        Ok(inner.log.get(index).filter(|event| event.position == position).cloned())
+        Ok(inner
+            .log
+            .get(index)
+            .filter(|event| event.position == position)
+            .cloned())
     }
 
     async fn count_after(&self, after: Position) -> Result<u64, StoreError> {
@@ -355,7 +428,12 @@ impl ProjectionStore for MemoryStore {
         let mut notified = std::pin::pin!(notified);
         // Register before looking, so an append between the look and the wait still wakes us.
         notified.as_mut().enable();
-        if self.read().log.last().is_some_and(|event| event.position > after) {
+        if self
+            .read()
+            .log
+            .last()
+            .is_some_and(|event| event.position > after)
+        {
             return Ok(());
         }
         let _ = tokio::time::timeout(timeout, notified).await;

@@ -13,9 +13,31 @@ pub use crate::json::RawJson;
 
 /// Folds one event into an aggregate; `#[derive(Event)]` implements it for every aggregate that
 /// has apply logic for each of the enum's events, so a missing one names the aggregate and event.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not the event enum of aggregate `{A}`",
+    note = "`event = ...` in `#[aggregate(...)]` names an enum with `#[derive(es_core::Event)]`"
+)]
 pub trait Dispatch<A> {
     /// Calls the aggregate's `Apply` implementation for this event.
     fn dispatch(&self, aggregate: &mut A);
+}
+
+/// One step of an upcast chain: the payload of an older version converted into the next one.
+#[diagnostic::on_unimplemented(
+    message = "no upcast step from `{From}` to `{Self}`",
+    label = "`{Self}` does not implement `From<{From}>`",
+    note = "write `impl From<{From}> for {Self}`, or name a conversion function: `upcast(N = {From} with your_function)`"
+)]
+pub trait UpcastFrom<From>: Sized {
+    /// Converts the older payload.
+    fn upcast_from(older: From) -> Self;
+}
+
+impl<From, To: core::convert::From<From>> UpcastFrom<From> for To {
+    #[inline]
+    fn upcast_from(older: From) -> Self {
+        To::from(older)
+    }
 }
 
 /// Serializes a payload.
@@ -86,6 +108,8 @@ pub fn unit_schema(event_type: &str) -> schemars::Schema {
 }
 
 /// The schema of a payload type.
-pub fn schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn schema<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     generator.root_schema_for::<T>()
 }

@@ -84,10 +84,16 @@ pub trait ProjectionStore: EventStore {
     fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
 
     /// Commits a transaction. Dropping one uncommitted rolls it back.
-    fn commit(&self, transaction: Self::Transaction) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit(
+        &self,
+        transaction: Self::Transaction,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The projection's checkpoint (`None`: never ran).
-    fn load_checkpoint(&self, projection: &str) -> impl Future<Output = Result<Option<Position>, StoreError>> + Send;
+    fn load_checkpoint(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Option<Position>, StoreError>> + Send;
 
     /// Sets the projection's checkpoint within `transaction`.
     fn save_checkpoint(
@@ -120,20 +126,33 @@ pub trait ProjectionStore: EventStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The projection's parked events, oldest first.
-    fn dead_letters(&self, projection: &str) -> impl Future<Output = Result<Vec<DeadLetter>, StoreError>> + Send;
+    fn dead_letters(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, StoreError>> + Send;
 
     /// The event at `position`, if it exists.
-    fn read_event(&self, position: Position) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+    fn read_event(
+        &self,
+        position: Position,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
 
     /// How many events the log holds after `after` (for progress reports).
     fn count_after(&self, after: Position) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Takes the projection's lock, or `None` at once if another runner holds it.
-    fn try_lock(&self, projection: &str) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send;
+    fn try_lock(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send;
 
     /// Waits until events may have been appended after `after`, or `timeout` passed. Returns
     /// early on a notification; spurious wake-ups are allowed.
-    fn wait_for_events(&self, after: Position, timeout: Duration) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn wait_for_events(
+        &self,
+        after: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// A read model fed from the global log.
@@ -156,7 +175,10 @@ pub trait Projection<S: ProjectionStore>: Send {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Clears the read model before a rebuild.
-    fn reset(&mut self, transaction: &mut S::Transaction) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn reset(
+        &mut self,
+        transaction: &mut S::Transaction,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// What happens to an event whose handler still fails after the last retry.
@@ -193,7 +215,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1));
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
@@ -362,7 +386,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
     }
 
     /// Catches up, then tails the log live until `shutdown` completes; stops between batches.
-    pub async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Position, ProjectionError> {
+    pub async fn run(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Position, ProjectionError> {
         let _lock = self.lock().await?;
         let mut shutdown = pin!(shutdown);
         loop {
@@ -393,7 +420,9 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                 .read_all(checkpoint, self.batch_size)
                 .await
                 .map_err(|e| self.store_error(e))?;
-            let Some(last) = batch.last() else { return Ok(Some(checkpoint)) };
+            let Some(last) = batch.last() else {
+                return Ok(Some(checkpoint));
+            };
             let last = last.position;
             self.process_batch(&batch).await?;
             checkpoint = last;
@@ -409,11 +438,18 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             .unwrap_or(Position::START))
     }
 
-    async fn catch_up_locked(&mut self, progress: &mut (dyn FnMut(Progress) + Send)) -> Result<Position, ProjectionError> {
+    async fn catch_up_locked(
+        &mut self,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Position, ProjectionError> {
         let mut checkpoint = self.checkpoint().await?;
         let started = Instant::now();
         let mut done = 0u64;
-        let mut remaining = self.store.count_after(checkpoint).await.map_err(|e| self.store_error(e))?;
+        let mut remaining = self
+            .store
+            .count_after(checkpoint)
+            .await
+            .map_err(|e| self.store_error(e))?;
         loop {
             let batch = self
                 .store
@@ -431,7 +467,11 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             remaining = remaining.saturating_sub(batch.len() as u64);
             if remaining == 0 {
                 // Writers appended since the count: count again rather than report over 100%.
-                remaining = self.store.count_after(checkpoint).await.map_err(|e| self.store_error(e))?;
+                remaining = self
+                    .store
+                    .count_after(checkpoint)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
             }
             progress(report(done, done + remaining, started));
         }
@@ -439,9 +479,15 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
 
     /// Clears the read model (the projection's [`Projection::reset`]), its checkpoint and parked
     /// events in one transaction, then replays the whole log, reporting progress.
-    pub async fn rebuild(&mut self, mut progress: impl FnMut(Progress) + Send) -> Result<Position, ProjectionError> {
+    pub async fn rebuild(
+        &mut self,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Position, ProjectionError> {
         let _lock = self.lock().await?;
-        tracing::info!(projection = self.projection.name(), "rebuilding projection from the start");
+        tracing::info!(
+            projection = self.projection.name(),
+            "rebuilding projection from the start"
+        );
         let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
         self.projection
             .reset(&mut transaction)
@@ -454,7 +500,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             .reset_projection(&mut transaction, self.projection.name())
             .await
             .map_err(|e| self.store_error(e))?;
-        self.store.commit(transaction).await.map_err(|e| self.store_error(e))?;
+        self.store
+            .commit(transaction)
+            .await
+            .map_err(|e| self.store_error(e))?;
         self.catch_up_locked(&mut progress).await
     }
 
@@ -471,7 +520,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
     pub async fn retry_parked(&mut self, position: Position) -> Result<bool, ProjectionError> {
         let name = self.projection.name().to_owned();
         let parked = self.parked().await?;
-        let Some(letter) = parked.into_iter().find(|letter| letter.position == position) else {
+        let Some(letter) = parked
+            .into_iter()
+            .find(|letter| letter.position == position)
+        else {
             return Err(ProjectionError::NotParked {
                 projection: name,
                 position,
@@ -493,7 +545,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                     .unpark(&mut transaction, &name, position)
                     .await
                     .map_err(|e| self.store_error(e))?;
-                self.store.commit(transaction).await.map_err(|e| self.store_error(e))?;
+                self.store
+                    .commit(transaction)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
                 Ok(true)
             }
             Handled::Failed { error, .. } => {
@@ -504,7 +559,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                     .park(&mut transaction, &letter)
                     .await
                     .map_err(|e| self.store_error(e))?;
-                self.store.commit(transaction).await.map_err(|e| self.store_error(e))?;
+                self.store
+                    .commit(transaction)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
                 Ok(false)
             }
         }
@@ -556,7 +614,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                 .save_checkpoint(&mut transaction, &name, last)
                 .await
                 .map_err(|e| self.store_error(e))?;
-            self.store.commit(transaction).await.map_err(|e| self.store_error(e))?;
+            self.store
+                .commit(transaction)
+                .await
+                .map_err(|e| self.store_error(e))?;
         }
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         Ok(())
@@ -574,7 +635,11 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                         .save_checkpoint(&mut transaction, &name, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    return self.store.commit(transaction).await.map_err(|e| self.store_error(e));
+                    return self
+                        .store
+                        .commit(transaction)
+                        .await
+                        .map_err(|e| self.store_error(e));
                 }
                 Handled::Failed { error, retry } => (error, retry),
             };
@@ -593,7 +658,8 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             }
             return match self.on_failure {
                 OnFailure::Park => {
-                    let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
+                    let mut transaction =
+                        self.store.begin().await.map_err(|e| self.store_error(e))?;
                     let letter = DeadLetter::new(&name, event, error.to_string(), attempts);
                     self.store
                         .park(&mut transaction, &letter)
@@ -603,7 +669,10 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                         .save_checkpoint(&mut transaction, &name, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    self.store.commit(transaction).await.map_err(|e| self.store_error(e))
+                    self.store
+                        .commit(transaction)
+                        .await
+                        .map_err(|e| self.store_error(e))
                 }
                 OnFailure::Stop => Err(ProjectionError::Handler {
                     projection: name,
@@ -621,9 +690,19 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
 
 fn report(done: u64, total: u64, started: Instant) -> Progress {
     let seconds = started.elapsed().as_secs_f64();
-    let rate = if seconds > 0.0 { done as f64 / seconds } else { 0.0 };
-    let eta = (rate > 0.0).then(|| Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate));
-    Progress { done, total, rate, eta }
+    let rate = if seconds > 0.0 {
+        done as f64 / seconds
+    } else {
+        0.0
+    };
+    let eta =
+        (rate > 0.0).then(|| Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate));
+    Progress {
+        done,
+        total,
+        rate,
+        eta,
+    }
 }
 
 /// A declared event that does not decode: parked or stopped on like a handler error.

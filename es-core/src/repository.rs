@@ -54,7 +54,9 @@ pub enum LoadError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A stored event could not be decoded.
-    #[error("failed to decode event `{event_type}` at version {stream_version} of stream `{stream_id}`: {source}")]
+    #[error(
+        "failed to decode event `{event_type}` at version {stream_version} of stream `{stream_id}`: {source}"
+    )]
     Decode {
         /// The stream.
         stream_id: String,
@@ -66,7 +68,9 @@ pub enum LoadError {
         source: DecodeError,
     },
     /// The stream belongs to another aggregate type.
-    #[error("stream `{stream_id}` holds `{actual}` events at version {stream_version}, not `{expected}` events")]
+    #[error(
+        "stream `{stream_id}` holds `{actual}` events at version {stream_version}, not `{expected}` events"
+    )]
     WrongStreamType {
         /// The stream.
         stream_id: String,
@@ -118,7 +122,9 @@ pub enum ExecuteError<E> {
         source: serde_json::Error,
     },
     /// Every attempt met a concurrent write; nothing was written.
-    #[error("gave up on stream `{stream_id}` after {attempts} attempts, each met a concurrent write")]
+    #[error(
+        "gave up on stream `{stream_id}` after {attempts} attempts, each met a concurrent write"
+    )]
     TooManyConflicts {
         /// The stream.
         stream_id: String,
@@ -193,7 +199,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Loads the state with the events recorded at or before `time` (P13).
-    pub async fn load_at_time(&self, id: &str, time: DateTime<Utc>) -> Result<Loaded<A>, LoadError> {
+    pub async fn load_at_time(
+        &self,
+        id: &str,
+        time: DateTime<Utc>,
+    ) -> Result<Loaded<A>, LoadError> {
         self.load_until(id, Until::RecordedAt(time)).await
     }
 
@@ -231,7 +241,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Folds the events after `loaded.version` into it; returns how many were folded.
-    async fn fold(&self, id: &str, mut loaded: Loaded<A>, until: Until) -> Result<(Loaded<A>, u64), LoadError> {
+    async fn fold(
+        &self,
+        id: &str,
+        mut loaded: Loaded<A>,
+        until: Until,
+    ) -> Result<(Loaded<A>, u64), LoadError> {
         let mut stream = self.store.read_stream(id, loaded.version + 1, until);
         let mut folded = 0;
         while let Some(recorded) = stream.next().await {
@@ -251,14 +266,18 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     found: recorded.stream_version,
                 });
             }
-            let event = A::Event::decode(&recorded.event_type, recorded.schema_version, recorded.payload.as_str())
-                .map_err(|source| LoadError::Decode {
-                    stream_id: id.to_owned(),
-                    stream_version: recorded.stream_version,
-                    event_type: recorded.event_type.clone(),
-                    source,
-                })?;
-            loaded.state.apply(&event);
+            let event = A::Event::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.as_str(),
+            )
+            .map_err(|source| LoadError::Decode {
+                stream_id: id.to_owned(),
+                stream_version: recorded.stream_version,
+                event_type: recorded.event_type.clone(),
+                source,
+            })?;
+            loaded.state.apply_event(&event);
             loaded.version = recorded.stream_version;
             folded += 1;
         }
@@ -323,19 +342,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         );
         async {
             let started = Instant::now();
-            let metadata = RawJson::encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
-                stream_id: id.to_owned(),
-                event_type: "metadata",
-                source,
-            })?;
+            let metadata =
+                RawJson::encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
+                    stream_id: id.to_owned(),
+                    event_type: "metadata",
+                    source,
+                })?;
             let mut conflicts = 0;
             loop {
                 let loaded = self.load(id).await?;
-                let events = tracing::debug_span!("es.decide", events = tracing::field::Empty).in_scope(|| {
-                    let decided = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
-                    tracing::Span::current().record("events", decided.len());
-                    Ok::<_, ExecuteError<_>>(decided)
-                })?;
+                let events = tracing::debug_span!("es.decide", events = tracing::field::Empty)
+                    .in_scope(|| {
+                        let decided = loaded
+                            .state
+                            .handle(command)
+                            .map_err(ExecuteError::Rejected)?;
+                        tracing::Span::current().record("events", decided.len());
+                        Ok::<_, ExecuteError<_>>(decided)
+                    })?;
                 match self.append(id, loaded, events, &metadata).await {
                     Ok(mut executed) => {
                         executed.conflicts = conflicts;
@@ -345,9 +369,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         span.record("elapsed_us", started.elapsed().as_micros() as u64);
                         return Ok(executed);
                     }
-                    Err(ExecuteError::Store(StoreError::Conflict { .. })) if conflicts < self.max_retries => {
+                    Err(ExecuteError::Store(StoreError::Conflict { .. }))
+                        if conflicts < self.max_retries =>
+                    {
                         conflicts += 1;
-                        tracing::debug!(stream_id = id, conflicts, "concurrency conflict, deciding again");
+                        tracing::debug!(
+                            stream_id = id,
+                            conflicts,
+                            "concurrency conflict, deciding again"
+                        );
                     }
                     Err(ExecuteError::Store(StoreError::Conflict { .. })) => {
                         return Err(ExecuteError::TooManyConflicts {
@@ -422,7 +452,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             AppendOutcome::Appended(range) | AppendOutcome::AlreadyAppended(range) => range,
         };
         for event in &events {
-            state.apply(event);
+            state.apply_event(event);
         }
         if let Some(every) = A::SNAPSHOT_EVERY
             && every > 0
@@ -456,7 +486,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     state,
                     taken_at: Utc::now(),
                 };
-                self.store.save_snapshot(&snapshot).await.map_err(|error| error.to_string())
+                self.store
+                    .save_snapshot(&snapshot)
+                    .await
+                    .map_err(|error| error.to_string())
             }
             Err(error) => Err(error.to_string()),
         };

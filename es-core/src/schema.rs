@@ -150,7 +150,10 @@ impl SchemaSet {
 
     /// The index: one entry per event type and version.
     pub fn index(&self) -> Vec<IndexEntry> {
-        self.entries.iter().map(|(entry, _)| entry.clone()).collect()
+        self.entries
+            .iter()
+            .map(|(entry, _)| entry.clone())
+            .collect()
     }
 
     /// The schema of `event_type` at `version`.
@@ -184,10 +187,11 @@ impl SchemaSet {
         let mut changed = Vec::new();
         for (entry, schema) in &self.entries {
             let path = dir.join(&entry.file);
-            let generated = serde_json::to_value(schema).map_err(|source| SchemaError::InvalidFile {
-                path: path.clone(),
-                source,
-            })?;
+            let generated =
+                serde_json::to_value(schema).map_err(|source| SchemaError::InvalidFile {
+                    path: path.clone(),
+                    source,
+                })?;
             match read_json(&path)? {
                 None => {
                     write_json(&path, &generated)?;
@@ -211,12 +215,14 @@ impl SchemaSet {
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>, SchemaError> {
     match fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| SchemaError::InvalidFile {
-                path: path.to_owned(),
-                source,
-            }),
+        Ok(text) => {
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|source| SchemaError::InvalidFile {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(SchemaError::Io {
             action: "read",
@@ -235,10 +241,11 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), Schem
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|source| io_error("create the directory of", source))?;
     }
-    let mut text = serde_json::to_string_pretty(value).map_err(|source| SchemaError::InvalidFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|source| SchemaError::InvalidFile {
+            path: path.to_owned(),
+            source,
+        })?;
     text.push('\n');
     fs::write(path, text).map_err(|source| io_error("write", source))
 }

@@ -194,7 +194,8 @@ fn describe_version(version: Option<u64>) -> String {
 }
 
 /// Events of one stream, in version order, read lazily.
-pub type EventStream<'a> = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a>>;
+pub type EventStream<'a> =
+    Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a>>;
 
 /// A place events are stored. Cheap to clone (stores share a pool or an `Arc`).
 ///
@@ -216,10 +217,18 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// Streams the events of `stream_id` from `from_version` (inclusive) in version order, up to
     /// `until`. Memory use does not grow with the stream's length.
-    fn read_stream<'a>(&'a self, stream_id: &'a str, from_version: u64, until: Until) -> EventStream<'a>;
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+        until: Until,
+    ) -> EventStream<'a>;
 
     /// The stream's last version, `None` when it does not exist.
-    fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    fn stream_version(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Up to `limit` events of the global log strictly after `after`, in log order. A reader
     /// that continues from the last position it got never skips an event (P9).
@@ -230,8 +239,14 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// Saves a snapshot, replacing the stream's previous one.
-    fn save_snapshot(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn save_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The stream's latest snapshot.
-    fn load_snapshot(&self, stream_id: &str) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+    fn load_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
 }

@@ -38,14 +38,16 @@ use crate::event::Event;
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let mut state = A::default();
     for event in events {
-        state.apply(&event);
+        state.apply_event(&event);
     }
     Given { state }
 }
 
 /// Starts a test from a fresh aggregate.
 pub fn given_no_events<A: Aggregate>() -> Given<A> {
-    Given { state: A::default() }
+    Given {
+        state: A::default(),
+    }
 }
 
 /// The state built from the given events.
@@ -92,13 +94,18 @@ where
         let expected: Vec<A::Event> = expected.into_iter().collect();
         let events = match self.result {
             Ok(events) => events,
-            Err(error) => panic!("expected events {expected:?}, but the command was rejected: {error:?}"),
+            Err(error) => {
+                panic!("expected events {expected:?}, but the command was rejected: {error:?}")
+            }
         };
-        assert_eq!(events, expected, "the command produced other events than expected");
+        assert_eq!(
+            events, expected,
+            "the command produced other events than expected"
+        );
         let mut state = self.state;
         for event in &events {
             assert_round_trip(event);
-            state.apply(event);
+            state.apply_event(event);
         }
         state
     }
@@ -110,8 +117,13 @@ where
         <A as Handle<C>>::Error: PartialEq,
     {
         match self.result {
-            Ok(events) => panic!("expected the error {expected:?}, but the command produced {events:?}"),
-            Err(error) => assert_eq!(error, expected, "the command was rejected with another error"),
+            Ok(events) => {
+                panic!("expected the error {expected:?}, but the command produced {events:?}")
+            }
+            Err(error) => assert_eq!(
+                error, expected,
+                "the command was rejected with another error"
+            ),
         }
     }
 
@@ -119,8 +131,14 @@ where
     #[track_caller]
     pub fn then_error_message(self, expected: &str) {
         match self.result {
-            Ok(events) => panic!("expected the error \"{expected}\", but the command produced {events:?}"),
-            Err(error) => assert_eq!(error.to_string(), expected, "the command was rejected with another error"),
+            Ok(events) => {
+                panic!("expected the error \"{expected}\", but the command produced {events:?}")
+            }
+            Err(error) => assert_eq!(
+                error.to_string(),
+                expected,
+                "the command was rejected with another error"
+            ),
         }
     }
 }
@@ -132,6 +150,11 @@ pub fn assert_round_trip<E: Event + Debug + PartialEq>(event: &E) {
         .encode()
         .unwrap_or_else(|error| panic!("event {event:?} does not serialize: {error}"));
     let decoded = E::decode(event.event_type(), event.schema_version(), payload.as_str())
-        .unwrap_or_else(|error| panic!("event {event:?} does not decode from its own encoding {payload}: {error}"));
-    assert_eq!(&decoded, event, "event changed through encoding and decoding");
+        .unwrap_or_else(|error| {
+            panic!("event {event:?} does not decode from its own encoding {payload}: {error}")
+        });
+    assert_eq!(
+        &decoded, event,
+        "event changed through encoding and decoding"
+    );
 }

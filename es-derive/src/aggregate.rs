@@ -21,7 +21,8 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
         (Ok(()), None) => unreachable!("an input that does not parse records an error"),
         (Err(error), parsed) => {
             let mut tokens = error.to_compile_error();
-            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty()) {
+            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty())
+            {
                 tokens.extend(fallback(&parsed));
             }
             tokens
@@ -34,11 +35,17 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
     let krate = &input.krate;
     let private = quote!(#krate::__private);
     let name = input.name.as_ref().map(|name| &name.value);
-    let event = input.event.as_ref().expect("checked: the event enum is given");
+    let event = input
+        .event
+        .as_ref()
+        .expect("checked: the event enum is given");
     // Spanned on the event type, so a missing `Apply` implementation is reported at
     // `event = OrderEvent`, naming the aggregate and the event.
     let dispatch = quote_spanned!(event.span()=> <#event as #private::Dispatch<Self>>::dispatch(__es_event, self));
-    let state_version = input.state_version.as_ref().map_or(1, |(_, version)| version.value);
+    let state_version = input
+        .state_version
+        .as_ref()
+        .map_or(1, |(_, version)| version.value);
     let snapshots = input.snapshot_every.as_ref().map(|(key, every)| {
         let every = every.value;
         let encode = quote_spanned!(key.span()=> #private::encode::<Self>(self));
@@ -69,7 +76,7 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
                 type Event = #event;
 
                 #[inline]
-                fn apply(&mut self, __es_event: &Self::Event) {
+                fn apply_event(&mut self, __es_event: &Self::Event) {
                     #dispatch
                 }
 
@@ -92,7 +99,7 @@ fn fallback(input: &AggregateStruct<'_>) -> TokenStream {
             impl #krate::__private::Aggregate for #ident {
                 const NAME: &'static str = "";
                 type Event = #event;
-                fn apply(&mut self, _: &Self::Event) { ::core::unreachable!() }
+                fn apply_event(&mut self, _: &Self::Event) { ::core::unreachable!() }
             }
         };
     }

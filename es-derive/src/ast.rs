@@ -2,7 +2,6 @@
 //! Parsing records attribute syntax errors; the rules across attributes live in `check.rs`.
 
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned as _;
 use syn::{Data, DeriveInput, Fields, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::attr::{self, Keys, Spanned};
@@ -26,6 +25,9 @@ pub(crate) struct EventVariant<'a> {
     pub(crate) version: Option<Spanned<u32>>,
     /// The `upcast` key, if given, and its steps.
     pub(crate) upcast: Option<(Path, Vec<UpcastStep>)>,
+    /// Whether its `#[event(...)]` attributes parsed; the value rules skip a variant whose
+    /// syntax error is already reported.
+    pub(crate) well_formed: bool,
 }
 
 /// What a variant holds.
@@ -48,9 +50,10 @@ pub(crate) struct UpcastStep {
 impl<'a> EventVariant<'a> {
     /// The stable name: `name = "..."` or the variant's name.
     pub(crate) fn name(&self) -> String {
-        self.name
-            .as_ref()
-            .map_or_else(|| self.original.ident.to_string(), |name| name.value.clone())
+        self.name.as_ref().map_or_else(
+            || self.original.ident.to_string(),
+            |name| name.value.clone(),
+        )
     }
 
     /// The current schema version (1 unless given; 0 is reported by the checks).
@@ -91,14 +94,22 @@ impl<'a> EventEnum<'a> {
             );
             return None;
         };
-        for attr in input.attrs.iter().filter(|attr| attr.path().is_ident("event")) {
+        for attr in input
+            .attrs
+            .iter()
+            .filter(|attr| attr.path().is_ident("event"))
+        {
             cx.error_at(
                 attr::attr_span(attr),
                 "`#[event(...)]` goes on a variant, not on the enum; the enum itself only takes `#[es(crate = \"...\")]`",
             );
         }
         let krate = attr::crate_path(cx, &input.attrs);
-        let variants = data.variants.iter().map(|variant| EventVariant::parse(cx, variant)).collect();
+        let variants = data
+            .variants
+            .iter()
+            .map(|variant| EventVariant::parse(cx, variant))
+            .collect();
         Some(EventEnum {
             original: input,
             krate,
@@ -111,7 +122,9 @@ impl<'a> EventVariant<'a> {
     fn parse(cx: &Ctxt, variant: &'a syn::Variant) -> Self {
         let shape = match &variant.fields {
             Fields::Unit => Shape::Unit,
-            Fields::Unnamed(fields) if fields.unnamed.len() == 1 => Shape::Newtype(&fields.unnamed[0].ty),
+            Fields::Unnamed(fields) if fields.unnamed.len() == 1 => {
+                Shape::Newtype(&fields.unnamed[0].ty)
+            }
             other => Shape::Other(other),
         };
         let mut parsed = EventVariant {
@@ -121,9 +134,10 @@ impl<'a> EventVariant<'a> {
             aliases: Vec::new(),
             version: None,
             upcast: None,
+            well_formed: true,
         };
         let mut keys = Keys::new("event", EVENT_KEYS);
-        attr::parse_each(cx, &variant.attrs, "event", |attr| {
+        parsed.well_formed = attr::parse_each(cx, &variant.attrs, "event", |attr| {
             attr.parse_nested_meta(|meta| {
                 match keys.accept(cx, &meta)?.as_deref() {
                     Some("name") => parsed.name = Some(attr::string(&meta)?),
@@ -144,7 +158,8 @@ impl<'a> EventVariant<'a> {
                     Some("upcast") => {
                         let content;
                         syn::parenthesized!(content in meta.input);
-                        let steps = Punctuated::<UpcastStep, Token![,]>::parse_terminated(&content)?;
+                        let steps =
+                            Punctuated::<UpcastStep, Token![,]>::parse_terminated(&content)?;
                         parsed.upcast = Some((meta.path.clone(), steps.into_iter().collect()));
                     }
                     _ => {}
@@ -166,7 +181,12 @@ impl syn::parse::Parse for UpcastStep {
         })?;
         input.parse::<Token![=]>()?;
         let ty: Type = input.parse()?;
-        let function = if input.peek(Ident) && input.fork().parse::<Ident>().is_ok_and(|ident| ident == "with") {
+        let function = if input.peek(Ident)
+            && input
+                .fork()
+                .parse::<Ident>()
+                .is_ok_and(|ident| ident == "with")
+        {
             input.parse::<Ident>()?;
             Some(input.parse::<Path>()?)
         } else {
@@ -212,8 +232,12 @@ impl<'a> AggregateStruct<'a> {
                 match keys.accept(cx, &meta)?.as_deref() {
                     Some("name") => parsed.name = Some(attr::string(&meta)?),
                     Some("event") => parsed.event = Some(meta.value()?.parse()?),
-                    Some("snapshot_every") => parsed.snapshot_every = Some((meta.path.clone(), attr::number_u64(&meta)?)),
-                    Some("state_version") => parsed.state_version = Some((meta.path.clone(), attr::number_u32(&meta)?)),
+                    Some("snapshot_every") => {
+                        parsed.snapshot_every = Some((meta.path.clone(), attr::number_u64(&meta)?))
+                    }
+                    Some("state_version") => {
+                        parsed.state_version = Some((meta.path.clone(), attr::number_u32(&meta)?))
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -222,12 +246,17 @@ impl<'a> AggregateStruct<'a> {
         Some(parsed)
     }
 
-    /// Where to point errors about the attribute as a whole.
-    pub(crate) fn attribute_span(&self) -> proc_macro2::Span {
+    /// What to underline in errors about the attribute as a whole: the attribute, or the
+    /// struct's name when there is none.
+    pub(crate) fn attribute_tokens(&self) -> proc_macro2::TokenStream {
+        use quote::ToTokens;
         self.original
             .attrs
             .iter()
             .find(|attr| attr.path().is_ident("aggregate"))
-            .map_or_else(|| self.original.ident.span(), |attr| attr.span())
+            .map_or_else(
+                || self.original.ident.to_token_stream(),
+                ToTokens::to_token_stream,
+            )
     }
 }

@@ -33,8 +33,16 @@ impl Keys {
 
     /// The key of `meta` if it is known and not seen before; otherwise records the error, skips
     /// the key's value so parsing goes on, and returns `None`.
-    pub(crate) fn accept(&mut self, cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<String>> {
-        let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_else(|| path_text(&meta.path));
+    pub(crate) fn accept(
+        &mut self,
+        cx: &Ctxt,
+        meta: &ParseNestedMeta<'_>,
+    ) -> syn::Result<Option<String>> {
+        let key = meta
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| path_text(&meta.path));
         if !self.known.contains(&key.as_str()) {
             let mut message = format!("unknown {} attribute `{key}`", self.attribute);
             match did_you_mean(&key, self.known) {
@@ -48,7 +56,10 @@ impl Keys {
         if self.seen.contains(&key) {
             cx.error_spanned_by(
                 &meta.path,
-                format!("duplicate {} attribute `{key}`: give it once", self.attribute),
+                format!(
+                    "duplicate {} attribute `{key}`: give it once",
+                    self.attribute
+                ),
             );
             skip_value(meta)?;
             return Ok(None);
@@ -63,7 +74,11 @@ fn path_text(path: &Path) -> String {
 }
 
 fn list(known: &[&str]) -> String {
-    known.iter().map(|key| format!("`{key}`")).collect::<Vec<_>>().join(", ")
+    known
+        .iter()
+        .map(|key| format!("`{key}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Consumes `= value` or `(...)` after an unwanted key.
@@ -139,7 +154,10 @@ pub(crate) fn crate_path(cx: &Ctxt, attrs: &[Attribute]) -> Path {
                 let literal: LitStr = meta.value()?.parse()?;
                 match literal.parse::<Path>() {
                     Ok(parsed) => path = Some(parsed),
-                    Err(_) => cx.error_spanned_by(&literal, "`crate` takes a path, e.g. `crate = \"my_crate::es\"`"),
+                    Err(_) => cx.error_spanned_by(
+                        &literal,
+                        "`crate` takes a path, e.g. `crate = \"my_crate::es\"`",
+                    ),
                 }
             }
             Ok(())
@@ -151,17 +169,30 @@ pub(crate) fn crate_path(cx: &Ctxt, attrs: &[Attribute]) -> Path {
     path.unwrap_or_else(|| syn::parse_quote!(::es_core))
 }
 
-/// Records an attribute's parse error and goes on with the next attribute.
-pub(crate) fn parse_each(cx: &Ctxt, attrs: &[Attribute], name: &str, mut parse: impl FnMut(&Attribute) -> syn::Result<()>) {
+/// Records an attribute's parse error and goes on with the next attribute; returns whether
+/// every attribute parsed, so rules about their values can skip what is already reported.
+pub(crate) fn parse_each(
+    cx: &Ctxt,
+    attrs: &[Attribute],
+    name: &str,
+    mut parse: impl FnMut(&Attribute) -> syn::Result<()>,
+) -> bool {
+    let mut parsed = true;
     for attr in attrs.iter().filter(|attr| attr.path().is_ident(name)) {
         if let syn::Meta::Path(_) = attr.meta {
-            cx.error_spanned_by(attr, format!("`#[{name}]` needs arguments, e.g. `#[{name}(...)]`"));
+            cx.error_spanned_by(
+                attr,
+                format!("`#[{name}]` needs arguments, e.g. `#[{name}(...)]`"),
+            );
+            parsed = false;
             continue;
         }
         if let Err(error) = parse(attr) {
             cx.push(error);
+            parsed = false;
         }
     }
+    parsed
 }
 
 /// The span of an attribute's name, for errors about where it stands.

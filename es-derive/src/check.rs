@@ -69,8 +69,15 @@ fn check_variant_shape(cx: &Ctxt, variant: &EventVariant<'_>) {
 
 /// Versions count from 1.
 fn check_version_not_zero(cx: &Ctxt, variant: &EventVariant<'_>) {
-    if let Some(version) = variant.version.as_ref().filter(|version| version.value == 0) {
-        cx.error_at(version.span, "event versions start at 1: use `version = 1` (the default) or higher");
+    if let Some(version) = variant
+        .version
+        .as_ref()
+        .filter(|version| version.value == 0)
+    {
+        cx.error_at(
+            version.span,
+            "event versions start at 1: use `version = 1` (the default) or higher",
+        );
     }
 }
 
@@ -93,7 +100,7 @@ fn check_unit_has_no_history(cx: &Ctxt, variant: &EventVariant<'_>) {
 /// The upcast steps give exactly the payload types of versions 1 to N-1, once each, so every
 /// stored version has a path to the current one.
 fn check_upcast_chain(cx: &Ctxt, variant: &EventVariant<'_>) {
-    if !matches!(variant.shape, Shape::Newtype(_)) {
+    if !matches!(variant.shape, Shape::Newtype(_)) || !variant.well_formed {
         return;
     }
     let ident = &variant.original.ident;
@@ -103,7 +110,11 @@ fn check_upcast_chain(cx: &Ctxt, variant: &EventVariant<'_>) {
     }
     let Some((key, steps)) = &variant.upcast else {
         if let Some(version) = variant.version.as_ref().filter(|version| version.value > 1) {
-            let older = if current == 2 { "version 1".to_owned() } else { format!("versions 1 to {}", current - 1) };
+            let older = if current == 2 {
+                "version 1".to_owned()
+            } else {
+                format!("versions 1 to {}", current - 1)
+            };
             cx.error_at(
                 version.span,
                 format!(
@@ -115,14 +126,20 @@ fn check_upcast_chain(cx: &Ctxt, variant: &EventVariant<'_>) {
         return;
     };
     if steps.is_empty() {
-        cx.error_spanned_by(key, "`upcast(...)` lists no steps; write e.g. `upcast(1 = PayloadV1)`");
+        cx.error_spanned_by(
+            key,
+            "`upcast(...)` lists no steps; write e.g. `upcast(1 = PayloadV1)`",
+        );
         return;
     }
     let mut given = BTreeMap::new();
     for step in steps {
         let version = step.version.value;
         if version == 0 {
-            cx.error_at(step.version.span, "event versions start at 1: there is no version 0 to upcast from");
+            cx.error_at(
+                step.version.span,
+                "event versions start at 1: there is no version 0 to upcast from",
+            );
         } else if version >= current {
             cx.error_at(
                 step.version.span,
@@ -132,7 +149,10 @@ fn check_upcast_chain(cx: &Ctxt, variant: &EventVariant<'_>) {
                 ),
             );
         } else if given.insert(version, step).is_some() {
-            cx.error_at(step.version.span, format!("upcast step for version {version} is given twice"));
+            cx.error_at(
+                step.version.span,
+                format!("upcast step for version {version} is given twice"),
+            );
         }
     }
     let (Some(&lowest), Some(&highest)) = (given.keys().next(), given.keys().next_back()) else {
@@ -162,11 +182,18 @@ fn check_unique_names(cx: &Ctxt, input: &EventEnum<'_>) {
             .name
             .as_ref()
             .map_or_else(|| variant.original.ident.span(), |name| name.span);
-        let names = std::iter::once((variant.name(), name_span, "name"))
-            .chain(variant.aliases.iter().map(|alias| (alias.value.clone(), alias.span, "alias")));
+        let names = std::iter::once((variant.name(), name_span, "name")).chain(
+            variant
+                .aliases
+                .iter()
+                .map(|alias| (alias.value.clone(), alias.span, "alias")),
+        );
         for (name, span, kind) in names {
             if name.trim().is_empty() {
-                cx.error_at(span, format!("an event {kind} cannot be empty: it is stored with every event"));
+                cx.error_at(
+                    span,
+                    format!("an event {kind} cannot be empty: it is stored with every event"),
+                );
                 continue;
             }
             match owners.get(&name) {
@@ -176,7 +203,7 @@ fn check_unique_names(cx: &Ctxt, input: &EventEnum<'_>) {
                 Some(owner) => cx.error_at(
                     span,
                     format!(
-                        "duplicate event name `{name}`: it already names `{owner}`, and a stored `{name}` event must decode as exactly one variant"
+                        "duplicate event name `{name}`: variant `{owner}` is already stored as `{name}`, and a stored event must decode as exactly one variant; choose another `name` or alias"
                     ),
                 ),
                 None => {
@@ -191,7 +218,9 @@ fn check_unique_names(cx: &Ctxt, input: &EventEnum<'_>) {
 fn check_distinct_payload_types(cx: &Ctxt, input: &EventEnum<'_>) {
     let mut seen: BTreeMap<String, &syn::Ident> = BTreeMap::new();
     for variant in &input.variants {
-        let Shape::Newtype(ty) = variant.shape else { continue };
+        let Shape::Newtype(ty) = variant.shape else {
+            continue;
+        };
         let key = ty.to_token_stream().to_string();
         if let Some(first) = seen.get(&key) {
             cx.error_spanned_by(
@@ -212,15 +241,18 @@ fn check_distinct_payload_types(cx: &Ctxt, input: &EventEnum<'_>) {
 fn check_aggregate_not_generic(cx: &Ctxt, input: &AggregateStruct<'_>) {
     let generics = &input.original.generics;
     if !generics.params.is_empty() {
-        cx.error_spanned_by(generics, "an aggregate struct cannot be generic: its stream type and events are fixed");
+        cx.error_spanned_by(
+            generics,
+            "an aggregate struct cannot be generic: its stream type and events are fixed",
+        );
     }
 }
 
 /// The stream type name is given and not empty: it is stored with every event.
 fn check_aggregate_has_name(cx: &Ctxt, input: &AggregateStruct<'_>) {
     match &input.name {
-        None => cx.error_at(
-            input.attribute_span(),
+        None => cx.error_spanned_by(
+            input.attribute_tokens(),
             "missing `name = \"...\"` in `#[aggregate(...)]`: the aggregate's stable stream type, stored with every event, e.g. `#[aggregate(name = \"order\", event = OrderEvent)]`",
         ),
         Some(name) if name.value.trim().is_empty() => {
@@ -233,8 +265,8 @@ fn check_aggregate_has_name(cx: &Ctxt, input: &AggregateStruct<'_>) {
 /// The event enum is given.
 fn check_aggregate_has_event(cx: &Ctxt, input: &AggregateStruct<'_>) {
     if input.event.is_none() {
-        cx.error_at(
-            input.attribute_span(),
+        cx.error_spanned_by(
+            input.attribute_tokens(),
             "missing `event = ...` in `#[aggregate(...)]`: name the `#[derive(Event)]` enum this aggregate is made of, e.g. `#[aggregate(name = \"order\", event = OrderEvent)]`",
         );
     }
@@ -242,8 +274,15 @@ fn check_aggregate_has_event(cx: &Ctxt, input: &AggregateStruct<'_>) {
 
 /// Snapshots are taken every N >= 1 events; a state version only means something with them.
 fn check_snapshot_settings(cx: &Ctxt, input: &AggregateStruct<'_>) {
-    if let Some((_, every)) = input.snapshot_every.as_ref().filter(|(_, every)| every.value == 0) {
-        cx.error_at(every.span, "`snapshot_every` must be 1 or more; leave it out to take no snapshots");
+    if let Some((_, every)) = input
+        .snapshot_every
+        .as_ref()
+        .filter(|(_, every)| every.value == 0)
+    {
+        cx.error_at(
+            every.span,
+            "`snapshot_every` must be 1 or more; leave it out to take no snapshots",
+        );
     }
     if let Some((key, version)) = &input.state_version {
         if version.value == 0 {

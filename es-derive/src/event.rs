@@ -21,7 +21,8 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
         (Ok(()), None) => unreachable!("an input that does not parse records an error"),
         (Err(error), parsed) => {
             let mut tokens = error.to_compile_error();
-            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty()) {
+            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty())
+            {
                 tokens.extend(fallback(&parsed));
             }
             tokens
@@ -35,8 +36,11 @@ pub(crate) fn marker_module(enum_ident: &Ident) -> Ident {
     let chars: Vec<char> = enum_ident.to_string().chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_uppercase() {
-            let after_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
-            let ends_acronym = i > 0 && chars[i - 1].is_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            let after_lower =
+                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let ends_acronym = i > 0
+                && chars[i - 1].is_uppercase()
+                && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
             if after_lower || ends_acronym {
                 snake.push('_');
             }
@@ -55,7 +59,10 @@ fn inner_visibility(vis: &Visibility) -> TokenStream {
         Visibility::Inherited => quote!(pub(super)),
         Visibility::Restricted(restricted) => {
             let path = &restricted.path;
-            let first = path.segments.first().map(|segment| segment.ident.to_string());
+            let first = path
+                .segments
+                .first()
+                .map(|segment| segment.ident.to_string());
             match first.as_deref() {
                 Some("crate") => quote!(#vis),
                 Some("self") => quote!(pub(super)),
@@ -123,12 +130,14 @@ fn expand(input: &EventEnum<'_>) -> TokenStream {
         })
         .collect();
 
-    let types = input.variants.iter().zip(&names).zip(&versions).map(|((variant, name), version)| {
-        let aliases = variant.aliases.iter().map(|alias| &alias.value);
-        quote! {
-            #private::EventType { name: #name, aliases: &[#(#aliases),*], version: #version }
-        }
-    });
+    let types = input.variants.iter().zip(&names).zip(&versions).map(
+        |((variant, name), version)| {
+            let aliases = variant.aliases.iter().map(|alias| &alias.value);
+            quote! {
+                #private::EventType { name: #name, aliases: &[#(#aliases),*], version: #version }
+            }
+        },
+    );
     let encode_arms = input.variants.iter().map(|variant| {
         let variant_ident = &variant.original.ident;
         match variant.shape {
@@ -252,7 +261,12 @@ fn payload_type(module: &Ident, variant: &EventVariant<'_>) -> TokenStream {
 }
 
 /// `"Name" | "Alias" => match version { current => ..., older => decode + upcast, _ => error }`.
-fn decode_arm(private: &TokenStream, variant: &EventVariant<'_>, name: &str, version: u32) -> TokenStream {
+fn decode_arm(
+    private: &TokenStream,
+    variant: &EventVariant<'_>,
+    name: &str,
+    version: u32,
+) -> TokenStream {
     let variant_ident = &variant.original.ident;
     let aliases = variant.aliases.iter().map(|alias| &alias.value);
     let unsupported = quote! {
@@ -284,7 +298,7 @@ fn decode_arm(private: &TokenStream, variant: &EventVariant<'_>, name: &str, ver
                 Some(function) => quote_spanned!(function.span()=> #function(__es_value)),
                 None => {
                     let from_ty = &step.ty;
-                    quote_spanned!(from_ty.span()=> <#next_ty as ::core::convert::From<#from_ty>>::from(__es_value))
+                    quote_spanned!(from_ty.span()=> #private::UpcastFrom::<#from_ty>::upcast_from(__es_value))
                 }
             };
             body.extend(quote!(let __es_value: #next_ty = #convert;));

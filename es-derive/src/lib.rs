@@ -95,3 +95,6 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     aggregate::derive(&parse_macro_input!(input as DeriveInput)).into()
 }
+
+#[cfg(test)]
+mod tests;

@@ -151,7 +151,9 @@ impl Handle<Deposit> for Account {
     type Error = AccountError;
     fn handle(&self, command: &Deposit) -> Result<Vec<AccountEvent>, AccountError> {
         self.movement(command.0)?;
-        Ok(vec![AccountEvent::Deposited(Deposited { amount: command.0 })])
+        Ok(vec![AccountEvent::Deposited(Deposited {
+            amount: command.0,
+        })])
     }
 }
 
@@ -165,7 +167,9 @@ impl Handle<Withdraw> for Account {
                 balance: self.balance,
             });
         }
-        Ok(vec![AccountEvent::Withdrawn(Withdrawn { amount: command.0 })])
+        Ok(vec![AccountEvent::Withdrawn(Withdrawn {
+            amount: command.0,
+        })])
     }
 }
 

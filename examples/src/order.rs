@@ -46,7 +46,10 @@ pub struct Address {
 
 /// The sum of price x quantity over the items.
 pub fn total_of(items: &[OrderItem]) -> Cents {
-    items.iter().map(|item| item.price * Cents::from(item.quantity)).sum()
+    items
+        .iter()
+        .map(|item| item.price * Cents::from(item.quantity))
+        .sum()
 }
 
 /// An order was placed (version 2: carries its total).
@@ -319,7 +322,11 @@ impl Handle<CreateOrder> for Order {
         if command.items.is_empty() {
             return Err(OrderError::NoItems);
         }
-        if let Some(item) = command.items.iter().find(|item| item.quantity == 0 || item.price < 0) {
+        if let Some(item) = command
+            .items
+            .iter()
+            .find(|item| item.quantity == 0 || item.price < 0)
+        {
             return Err(OrderError::InvalidItem {
                 product_id: item.product_id.clone(),
             });
@@ -382,10 +389,12 @@ impl Handle<CancelOrder> for Order {
     fn handle(&self, command: &CancelOrder) -> Result<Vec<OrderEvent>, OrderError> {
         match self.status {
             OrderStatus::New => Err(OrderError::NotFound),
-            status @ (OrderStatus::Confirmed | OrderStatus::Cancelled) => Err(OrderError::InvalidStatus {
-                action: "cancel order",
-                status,
-            }),
+            status @ (OrderStatus::Confirmed | OrderStatus::Cancelled) => {
+                Err(OrderError::InvalidStatus {
+                    action: "cancel order",
+                    status,
+                })
+            }
             _ => Ok(vec![OrderEvent::OrderCancelled(OrderCancelled {
                 reason: command.reason.clone(),
                 cancelled_at: command.at,

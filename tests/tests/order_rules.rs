@@ -18,7 +18,10 @@ fn address() -> Address {
 }
 
 fn items() -> Vec<OrderItem> {
-    vec![OrderItem::new("book", 2, 1_500), OrderItem::new("pen", 3, 200)]
+    vec![
+        OrderItem::new("book", 2, 1_500),
+        OrderItem::new("pen", 3, 200),
+    ]
 }
 
 fn created() -> OrderEvent {
@@ -47,7 +50,9 @@ fn paid() -> OrderEvent {
 }
 
 fn confirmed() -> OrderEvent {
-    OrderEvent::OrderConfirmed(OrderConfirmed { confirmed_at: at(3) })
+    OrderEvent::OrderConfirmed(OrderConfirmed {
+        confirmed_at: at(3),
+    })
 }
 
 fn cancelled() -> OrderEvent {
@@ -93,13 +98,20 @@ fn invalid(action: &'static str, status: OrderStatus) -> OrderError {
 
 #[test]
 fn create_records_the_items_and_their_total() {
-    let state = given_no_events::<Order>().when(create()).then_events([created()]);
-    assert_eq!((state.status, state.total_amount), (OrderStatus::Pending, 3_600));
+    let state = given_no_events::<Order>()
+        .when(create())
+        .then_events([created()]);
+    assert_eq!(
+        (state.status, state.total_amount),
+        (OrderStatus::Pending, 3_600)
+    );
 }
 
 #[test]
 fn create_twice_is_rejected() {
-    given::<Order>([created()]).when(create()).then_error(OrderError::AlreadyCreated);
+    given::<Order>([created()])
+        .when(create())
+        .then_error(OrderError::AlreadyCreated);
 }
 
 #[test]
@@ -108,7 +120,9 @@ fn create_without_items_is_rejected() {
         items: vec![],
         ..create()
     };
-    given_no_events::<Order>().when(empty).then_error(OrderError::NoItems);
+    given_no_events::<Order>()
+        .when(empty)
+        .then_error(OrderError::NoItems);
 }
 
 #[test]
@@ -117,14 +131,18 @@ fn create_with_a_zero_quantity_is_rejected() {
         items: vec![OrderItem::new("book", 0, 1_500)],
         ..create()
     };
-    given_no_events::<Order>().when(zero).then_error(OrderError::InvalidItem {
-        product_id: "book".into(),
-    });
+    given_no_events::<Order>()
+        .when(zero)
+        .then_error(OrderError::InvalidItem {
+            product_id: "book".into(),
+        });
 }
 
 #[test]
 fn reserve_inventory_of_a_pending_order() {
-    let state = given::<Order>([created()]).when(reserve()).then_events([reserved()]);
+    let state = given::<Order>([created()])
+        .when(reserve())
+        .then_events([reserved()]);
     assert_eq!(state.status, OrderStatus::InventoryReserved);
 }
 
@@ -144,17 +162,25 @@ fn reserve_inventory_of_a_cancelled_order_is_rejected() {
 
 #[test]
 fn commands_on_a_missing_order_are_rejected() {
-    given_no_events::<Order>().when(reserve()).then_error(OrderError::NotFound);
-    given_no_events::<Order>().when(pay(3_600)).then_error(OrderError::NotFound);
+    given_no_events::<Order>()
+        .when(reserve())
+        .then_error(OrderError::NotFound);
+    given_no_events::<Order>()
+        .when(pay(3_600))
+        .then_error(OrderError::NotFound);
     given_no_events::<Order>()
         .when(ConfirmOrder { at: at(3) })
         .then_error(OrderError::NotFound);
-    given_no_events::<Order>().when(cancel()).then_error(OrderError::NotFound);
+    given_no_events::<Order>()
+        .when(cancel())
+        .then_error(OrderError::NotFound);
 }
 
 #[test]
 fn payment_of_the_exact_total_is_processed() {
-    let state = given::<Order>([created(), reserved()]).when(pay(3_600)).then_events([paid()]);
+    let state = given::<Order>([created(), reserved()])
+        .when(pay(3_600))
+        .then_events([paid()]);
     assert_eq!(state.status, OrderStatus::PaymentProcessed);
 }
 
@@ -183,7 +209,10 @@ fn confirm_a_paid_order() {
     let state = given::<Order>([created(), reserved(), paid()])
         .when(ConfirmOrder { at: at(3) })
         .then_events([confirmed()]);
-    assert_eq!((state.status, state.confirmed_at), (OrderStatus::Confirmed, Some(at(3))));
+    assert_eq!(
+        (state.status, state.confirmed_at),
+        (OrderStatus::Confirmed, Some(at(3)))
+    );
 }
 
 #[test]
@@ -202,10 +231,19 @@ fn confirm_a_cancelled_order_is_rejected() {
 
 #[test]
 fn cancel_before_confirmation_in_every_open_status() {
-    for history in [vec![created()], vec![created(), reserved()], vec![created(), reserved(), paid()]] {
-        let state = given::<Order>(history).when(cancel()).then_events([cancelled()]);
+    for history in [
+        vec![created()],
+        vec![created(), reserved()],
+        vec![created(), reserved(), paid()],
+    ] {
+        let state = given::<Order>(history)
+            .when(cancel())
+            .then_events([cancelled()]);
         assert_eq!(state.status, OrderStatus::Cancelled);
-        assert_eq!(state.cancellation_reason.as_deref(), Some("changed my mind"));
+        assert_eq!(
+            state.cancellation_reason.as_deref(),
+            Some("changed my mind")
+        );
     }
 }
 
@@ -231,6 +269,7 @@ fn an_order_created_at_version_1_loads_with_its_total() {
         "shipping_address": {"street": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"},
         "created_at": "2026-11-23T10:00:00Z"
     });
-    let decoded = <OrderEvent as es_core::Event>::decode("OrderCreated", 1, &v1.to_string()).unwrap();
+    let decoded =
+        <OrderEvent as es_core::Event>::decode("OrderCreated", 1, &v1.to_string()).unwrap();
     assert_eq!(decoded, created());
 }

@@ -5,8 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use es_core::projection::{HandlerError, OnFailure, Projection, ProjectionError, ProjectionRunner, RetryPolicy};
-use es_core::{EventStore, ExpectedVersion, MemoryStore, MemoryTransaction, NewEvent, Position, RawJson, RecordedEvent};
+use es_core::projection::{
+    HandlerError, OnFailure, Projection, ProjectionError, ProjectionRunner, RetryPolicy,
+};
+use es_core::{
+    EventStore, ExpectedVersion, MemoryStore, MemoryTransaction, NewEvent, Position, RawJson,
+    RecordedEvent,
+};
 use es_examples::bank::{AccountEvent, Deposited, Opened};
 
 /// Balance per account; fails on deposits of exactly `poison` while `poison` is set.
@@ -33,7 +38,12 @@ impl Projection<MemoryStore> for Balances {
         "balances"
     }
 
-    async fn handle(&mut self, _: &mut MemoryTransaction, event: &AccountEvent, envelope: &RecordedEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &mut self,
+        _: &mut MemoryTransaction,
+        event: &AccountEvent,
+        envelope: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
         *self.handled.lock().unwrap() += 1;
         let mut balances = self.balances.lock().unwrap();
         match event {
@@ -46,7 +56,9 @@ impl Projection<MemoryStore> for Balances {
                 }
                 *balances.entry(envelope.stream_id.clone()).or_default() += amount;
             }
-            AccountEvent::Withdrawn(w) => *balances.entry(envelope.stream_id.clone()).or_default() -= w.amount,
+            AccountEvent::Withdrawn(w) => {
+                *balances.entry(envelope.stream_id.clone()).or_default() -= w.amount
+            }
             AccountEvent::Closed => {
                 balances.remove(&envelope.stream_id);
             }
@@ -71,13 +83,27 @@ fn raw(event_type: &str, payload: serde_json::Value) -> NewEvent {
 }
 
 async fn open(store: &MemoryStore, account: &str) {
-    let event = raw("Opened", serde_json::to_value(Opened { owner: "o".into() }).unwrap());
-    store.append("account", account, ExpectedVersion::NoStream, vec![event]).await.unwrap();
+    let event = raw(
+        "Opened",
+        serde_json::to_value(Opened { owner: "o".into() }).unwrap(),
+    );
+    store
+        .append("account", account, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
 }
 
 async fn deposit(store: &MemoryStore, account: &str, amount: i64) {
     let event = raw("Deposited", serde_json::json!({ "amount": amount }));
-    store.append("account", account, ExpectedVersion::StreamExists, vec![event]).await.unwrap();
+    store
+        .append(
+            "account",
+            account,
+            ExpectedVersion::StreamExists,
+            vec![event],
+        )
+        .await
+        .unwrap();
 }
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
@@ -95,7 +121,12 @@ async fn catch_up_builds_the_read_model_and_skips_other_event_types_undecoded() 
     deposit(&store, "a", 10).await;
     // Not an account event, and not even JSON the projection could decode: skipped by name.
     store
-        .append("order", "o-1", ExpectedVersion::Any, vec![raw("OrderShipped", serde_json::json!([1, 2]))])
+        .append(
+            "order",
+            "o-1",
+            ExpectedVersion::Any,
+            vec![raw("OrderShipped", serde_json::json!([1, 2]))],
+        )
         .await
         .unwrap();
     open(&store, "b").await;
@@ -105,7 +136,10 @@ async fn catch_up_builds_the_read_model_and_skips_other_event_types_undecoded() 
     let balances = Balances::default();
     let mut runner = ProjectionRunner::new(store.clone(), balances.clone()).batch_size(2);
     let checkpoint = runner.catch_up().await.unwrap();
-    assert_eq!(balances.snapshot(), BTreeMap::from([("a".into(), 11), ("b".into(), 5)]));
+    assert_eq!(
+        balances.snapshot(),
+        BTreeMap::from([("a".into(), 11), ("b".into(), 5)])
+    );
     assert_eq!(balances.handled(), 5);
     let log = store.read_all(Position::START, 100).await.unwrap();
     assert_eq!(checkpoint, log.last().unwrap().position);
@@ -131,13 +165,28 @@ async fn a_poison_event_is_parked_after_its_attempts_and_retried_once_fixed() {
         .retry(fast_retries(3))
         .on_failure(OnFailure::Park);
     runner.catch_up().await.unwrap();
-    assert_eq!(balances.snapshot()["a"], 3, "events after the poison one were processed");
+    assert_eq!(
+        balances.snapshot()["a"],
+        3,
+        "events after the poison one were processed"
+    );
     let parked = runner.parked().await.unwrap();
     assert_eq!(parked.len(), 1);
     let letter = &parked[0];
-    assert_eq!((letter.stream_id.as_str(), letter.stream_version, letter.attempts), ("a", 3, 3));
+    assert_eq!(
+        (
+            letter.stream_id.as_str(),
+            letter.stream_version,
+            letter.attempts
+        ),
+        ("a", 3, 3)
+    );
     assert_eq!(letter.event_type, "Deposited");
-    assert!(letter.error.contains("cannot handle a deposit of 666"), "{}", letter.error);
+    assert!(
+        letter.error.contains("cannot handle a deposit of 666"),
+        "{}",
+        letter.error
+    );
 
     // Still broken: the retry fails and the event stays parked with one more attempt.
     assert!(!runner.retry_parked(letter.position).await.unwrap());
@@ -169,11 +218,25 @@ async fn the_stop_policy_stops_before_the_failing_event() {
     let error = runner.catch_up().await.unwrap_err();
     let message = error.to_string();
     assert!(
-        matches!(&error, ProjectionError::Handler { stream_version: 3, attempts: 2, .. }),
+        matches!(
+            &error,
+            ProjectionError::Handler {
+                stream_version: 3,
+                attempts: 2,
+                ..
+            }
+        ),
         "{error:?}"
     );
-    assert!(message.contains("stream `a` version 3") && message.contains("deposit of 666"), "{message}");
-    assert_eq!(balances.snapshot()["a"], 1, "the event before the poison one was committed");
+    assert!(
+        message.contains("stream `a` version 3") && message.contains("deposit of 666"),
+        "{message}"
+    );
+    assert_eq!(
+        balances.snapshot()["a"],
+        1,
+        "the event before the poison one was committed"
+    );
 
     // Fixed handler: the runner resumes at the failed event, nothing skipped.
     *balances.poison.lock().unwrap() = None;
@@ -194,8 +257,14 @@ async fn rebuild_replays_from_zero_and_reports_progress() {
     runner.catch_up().await.unwrap();
     balances.balances.lock().unwrap().insert("stale".into(), -1);
     let mut reports = Vec::new();
-    runner.rebuild(|progress| reports.push(progress)).await.unwrap();
-    assert!(!balances.snapshot().contains_key("stale"), "reset cleared the read model");
+    runner
+        .rebuild(|progress| reports.push(progress))
+        .await
+        .unwrap();
+    assert!(
+        !balances.snapshot().contains_key("stale"),
+        "reset cleared the read model"
+    );
     assert_eq!(balances.snapshot().len(), 50);
     assert_eq!(balances.handled(), 200);
     let last = reports.last().unwrap();
@@ -210,10 +279,10 @@ async fn a_second_runner_of_the_same_projection_is_refused_while_the_first_runs(
     open(&store, "a").await;
     let first = Balances::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut runner = ProjectionRunner::new(store.clone(), first.clone()).idle_timeout(Duration::from_millis(50));
-    let running = tokio::spawn(async move {
-        runner.run(async { stopped.await.unwrap_or(()) }).await
-    });
+    let mut runner =
+        ProjectionRunner::new(store.clone(), first.clone()).idle_timeout(Duration::from_millis(50));
+    let running =
+        tokio::spawn(async move { runner.run(async { stopped.await.unwrap_or(()) }).await });
     tokio::time::timeout(Duration::from_secs(5), async {
         while first.handled() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -222,13 +291,21 @@ async fn a_second_runner_of_the_same_projection_is_refused_while_the_first_runs(
     .await
     .expect("the first runner processes");
     let second = Balances::default();
-    let refused = ProjectionRunner::new(store.clone(), second.clone()).catch_up().await;
-    assert!(matches!(refused, Err(ProjectionError::AlreadyRunning { .. })), "{refused:?}");
+    let refused = ProjectionRunner::new(store.clone(), second.clone())
+        .catch_up()
+        .await;
+    assert!(
+        matches!(refused, Err(ProjectionError::AlreadyRunning { .. })),
+        "{refused:?}"
+    );
     assert_eq!(second.handled(), 0);
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     // Released on stop.
-    ProjectionRunner::new(store.clone(), second.clone()).catch_up().await.unwrap();
+    ProjectionRunner::new(store.clone(), second.clone())
+        .catch_up()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,8 +314,10 @@ async fn live_tailing_wakes_on_appends_and_stops_gracefully() {
     let balances = Balances::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // A long idle timeout: only the append notification can wake the runner in time.
-    let mut runner = ProjectionRunner::new(store.clone(), balances.clone()).idle_timeout(Duration::from_secs(60));
-    let running = tokio::spawn(async move { runner.run(async { stopped.await.unwrap_or(()) }).await });
+    let mut runner = ProjectionRunner::new(store.clone(), balances.clone())
+        .idle_timeout(Duration::from_secs(60));
+    let running =
+        tokio::spawn(async move { runner.run(async { stopped.await.unwrap_or(()) }).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     open(&store, "a").await;
     for n in 1..=20 {
@@ -257,5 +336,14 @@ async fn live_tailing_wakes_on_appends_and_stops_gracefully() {
         .expect("stops promptly")
         .unwrap()
         .unwrap();
-    assert_eq!(checkpoint, store.read_all(Position::START, 100).await.unwrap().last().unwrap().position);
+    assert_eq!(
+        checkpoint,
+        store
+            .read_all(Position::START, 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .position
+    );
 }

@@ -3,10 +3,12 @@
 
 use chrono::{Duration, Utc};
 use es_core::{
-    Aggregate, Apply, CommandContext, EventStore, ExecuteError, ExpectedVersion, Handle, LoadError, MemoryStore,
-    NewEvent, RawJson, Repository, Snapshot, StoreError, Until,
+    Aggregate, Apply, CommandContext, EventStore, ExecuteError, ExpectedVersion, Handle, LoadError,
+    MemoryStore, NewEvent, RawJson, Repository, Snapshot, StoreError, Until,
 };
-use es_examples::order::{CancelOrder, CreateOrder, Order, OrderItem, OrderStatus, ReserveInventory};
+use es_examples::order::{
+    CancelOrder, CreateOrder, Order, OrderItem, OrderStatus, ReserveInventory,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -35,6 +37,7 @@ impl Apply<Added> for Counter {
     }
 }
 
+#[derive(Debug)]
 pub struct Add(i64);
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -85,13 +88,22 @@ async fn execute_records_events_with_the_command_metadata() {
         .with_trace_id("trace-1")
         .with_field("tenant", "acme");
     let done = orders.execute("o-1", &create_order(), &ctx).await.unwrap();
-    assert_eq!((done.first_version, done.version, done.conflicts), (1, 1, 0));
+    assert_eq!(
+        (done.first_version, done.version, done.conflicts),
+        (1, 1, 0)
+    );
     assert_eq!(done.state.status, OrderStatus::Pending);
     let recorded = store.read_all(es_core::Position::START, 10).await.unwrap();
     assert_eq!(recorded.len(), 1);
     let event = &recorded[0];
-    assert_eq!((event.stream_type.as_str(), event.stream_id.as_str()), ("order", "o-1"));
-    assert_eq!((event.event_type.as_str(), event.schema_version), ("OrderCreated", 2));
+    assert_eq!(
+        (event.stream_type.as_str(), event.stream_id.as_str()),
+        ("order", "o-1")
+    );
+    assert_eq!(
+        (event.event_type.as_str(), event.schema_version),
+        ("OrderCreated", 2)
+    );
     assert_eq!(event.event_id, done.event_ids[0]);
     let metadata = event.metadata().unwrap();
     assert_eq!(metadata.correlation_id, Some(ctx.correlation_id));
@@ -102,7 +114,10 @@ async fn execute_records_events_with_the_command_metadata() {
     assert_eq!(metadata.extra["tenant"], "acme");
     let payload = event.payload.to_value().unwrap();
     assert_eq!(payload["total_amount"], 3_000);
-    assert!(payload.get("OrderCreated").is_none(), "the payload carries no enum tag");
+    assert!(
+        payload.get("OrderCreated").is_none(),
+        "the payload carries no enum tag"
+    );
 
     let follow_up = CommandContext::caused_by(event);
     assert_eq!(follow_up.correlation_id, ctx.correlation_id);
@@ -114,10 +129,19 @@ async fn a_rejected_command_writes_nothing() {
     let store = MemoryStore::new();
     let orders = Repository::<Order, _>::new(store.clone());
     let error = orders
-        .execute("o-1", &ReserveInventory { reservation_id: "r".into() }, &CommandContext::new())
+        .execute(
+            "o-1",
+            &ReserveInventory {
+                reservation_id: "r".into(),
+            },
+            &CommandContext::new(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(error, ExecuteError::Rejected(es_examples::order::OrderError::NotFound)));
+    assert!(matches!(
+        error,
+        ExecuteError::Rejected(es_examples::order::OrderError::NotFound)
+    ));
     assert_eq!(store.stream_version("o-1").await.unwrap(), None);
 }
 
@@ -144,20 +168,31 @@ async fn eight_tasks_times_one_hundred_commands_on_one_aggregate_lose_nothing() 
     for task in tasks {
         conflicts += task.await.unwrap();
     }
-    let expected: i64 = (0..8i64).flat_map(|t| (0..100i64).map(move |i| t * 1_000 + i + 1)).sum();
+    let expected: i64 = (0..8i64)
+        .flat_map(|t| (0..100i64).map(move |i| t * 1_000 + i + 1))
+        .sum();
     let loaded = counters.load("hot").await.unwrap();
-    assert_eq!((loaded.state.total, loaded.state.count, loaded.version), (expected, 800, 800));
-    let events: Vec<_> = futures_util::TryStreamExt::try_collect::<Vec<_>>(store.read_stream("hot", 1, Until::End))
-        .await
-        .unwrap();
+    assert_eq!(
+        (loaded.state.total, loaded.state.count, loaded.version),
+        (expected, 800, 800)
+    );
+    let events: Vec<_> =
+        futures_util::TryStreamExt::try_collect::<Vec<_>>(store.read_stream("hot", 1, Until::End))
+            .await
+            .unwrap();
     let mut amounts: Vec<i64> = events
         .iter()
         .map(|e| e.payload.decode::<Added>().unwrap().amount)
         .collect();
     amounts.sort_unstable();
-    let mut sent: Vec<i64> = (0..8i64).flat_map(|t| (0..100i64).map(move |i| t * 1_000 + i + 1)).collect();
+    let mut sent: Vec<i64> = (0..8i64)
+        .flat_map(|t| (0..100i64).map(move |i| t * 1_000 + i + 1))
+        .collect();
     sent.sort_unstable();
-    assert_eq!(amounts, sent, "every command's event is stored exactly once");
+    assert_eq!(
+        amounts, sent,
+        "every command's event is stored exactly once"
+    );
     println!("conflicts retried: {conflicts}");
 }
 
@@ -175,16 +210,29 @@ impl EventStore for ContendedStore {
         events: Vec<NewEvent>,
     ) -> Result<es_core::AppendOutcome, StoreError> {
         let rival = raw_event("Added", 1, r#"{"amount":1}"#);
-        self.0.append(stream_type, stream_id, ExpectedVersion::Any, vec![rival]).await?;
-        self.0.append(stream_type, stream_id, expected, events).await
+        self.0
+            .append(stream_type, stream_id, ExpectedVersion::Any, vec![rival])
+            .await?;
+        self.0
+            .append(stream_type, stream_id, expected, events)
+            .await
     }
-    fn read_stream<'a>(&'a self, stream_id: &'a str, from: u64, until: Until) -> es_core::EventStream<'a> {
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from: u64,
+        until: Until,
+    ) -> es_core::EventStream<'a> {
         self.0.read_stream(stream_id, from, until)
     }
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {
         self.0.stream_version(stream_id).await
     }
-    async fn read_all(&self, after: es_core::Position, limit: usize) -> Result<Vec<es_core::RecordedEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        after: es_core::Position,
+        limit: usize,
+    ) -> Result<Vec<es_core::RecordedEvent>, StoreError> {
         self.0.read_all(after, limit).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
@@ -197,14 +245,24 @@ impl EventStore for ContendedStore {
 
 #[tokio::test]
 async fn retries_stop_at_the_limit_with_a_typed_error() {
-    let counters = Repository::<Counter, _>::new(ContendedStore(MemoryStore::new())).with_max_retries(3);
-    let error = counters.execute("c", &Add(5), &CommandContext::new()).await.unwrap_err();
+    let counters =
+        Repository::<Counter, _>::new(ContendedStore(MemoryStore::new())).with_max_retries(3);
+    let error = counters
+        .execute("c", &Add(5), &CommandContext::new())
+        .await
+        .unwrap_err();
     match error {
-        ExecuteError::TooManyConflicts { stream_id, attempts } => assert_eq!((stream_id.as_str(), attempts), ("c", 4)),
+        ExecuteError::TooManyConflicts {
+            stream_id,
+            attempts,
+        } => assert_eq!((stream_id.as_str(), attempts), ("c", 4)),
         other => panic!("expected TooManyConflicts, got {other:?}"),
     }
     let loaded = counters.load("c").await.unwrap();
-    assert_eq!(loaded.state.total, 4, "only the rival's events were written");
+    assert_eq!(
+        loaded.state.total, 4,
+        "only the rival's events were written"
+    );
 }
 
 #[tokio::test]
@@ -212,24 +270,51 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
     let store = MemoryStore::new();
     let counters = Repository::<Counter, _>::new(store.clone());
     for _ in 0..6 {
-        counters.execute("c", &Add(1), &CommandContext::new()).await.unwrap();
+        counters
+            .execute("c", &Add(1), &CommandContext::new())
+            .await
+            .unwrap();
     }
-    assert_eq!(store.load_snapshot("c").await.unwrap(), None, "no snapshot before 7 events");
-    counters.execute("c", &Add(1), &CommandContext::new()).await.unwrap();
-    let snapshot = store.load_snapshot("c").await.unwrap().expect("a snapshot at version 7");
+    assert_eq!(
+        store.load_snapshot("c").await.unwrap(),
+        None,
+        "no snapshot before 7 events"
+    );
+    counters
+        .execute("c", &Add(1), &CommandContext::new())
+        .await
+        .unwrap();
+    let snapshot = store
+        .load_snapshot("c")
+        .await
+        .unwrap()
+        .expect("a snapshot at version 7");
     assert_eq!((snapshot.stream_version, snapshot.state_version), (7, 1));
-    assert_eq!(snapshot.state.decode::<Counter>().unwrap(), Counter { total: 7, count: 7 });
+    assert_eq!(
+        snapshot.state.decode::<Counter>().unwrap(),
+        Counter { total: 7, count: 7 }
+    );
 
     // Prove the snapshot is used: a doctored one shows through, plus the newer events.
-    counters.execute("c", &Add(1), &CommandContext::new()).await.unwrap();
+    counters
+        .execute("c", &Add(1), &CommandContext::new())
+        .await
+        .unwrap();
     let doctored = Snapshot {
-        state: RawJson::encode(&Counter { total: 100, count: 7 }).unwrap(),
+        state: RawJson::encode(&Counter {
+            total: 100,
+            count: 7,
+        })
+        .unwrap(),
         ..snapshot.clone()
     };
     store.save_snapshot(&doctored).await.unwrap();
     assert_eq!(counters.load("c").await.unwrap().state.total, 101);
     // Time travel before the snapshot replays from the start instead.
-    assert_eq!(counters.load_at_version("c", 5).await.unwrap().state.total, 5);
+    assert_eq!(
+        counters.load_at_version("c", 5).await.unwrap().state.total,
+        5
+    );
 }
 
 #[tokio::test]
@@ -237,13 +322,20 @@ async fn outdated_or_undecodable_snapshots_are_ignored() {
     let store = MemoryStore::new();
     let counters = Repository::<Counter, _>::new(store.clone());
     for _ in 0..9 {
-        counters.execute("c", &Add(2), &CommandContext::new()).await.unwrap();
+        counters
+            .execute("c", &Add(2), &CommandContext::new())
+            .await
+            .unwrap();
     }
     let snapshot = store.load_snapshot("c").await.unwrap().unwrap();
     let bad = [
         Snapshot {
             state_version: 99,
-            state: RawJson::encode(&Counter { total: -1, count: 0 }).unwrap(),
+            state: RawJson::encode(&Counter {
+                total: -1,
+                count: 0,
+            })
+            .unwrap(),
             ..snapshot.clone()
         },
         Snapshot {
@@ -256,14 +348,22 @@ async fn outdated_or_undecodable_snapshots_are_ignored() {
         },
         Snapshot {
             stream_type: "product".into(),
-            state: RawJson::encode(&Counter { total: -1, count: 0 }).unwrap(),
+            state: RawJson::encode(&Counter {
+                total: -1,
+                count: 0,
+            })
+            .unwrap(),
             ..snapshot.clone()
         },
     ];
     for snapshot in bad {
         store.save_snapshot(&snapshot).await.unwrap();
         let loaded = counters.load("c").await.unwrap();
-        assert_eq!((loaded.state.total, loaded.version), (18, 9), "rebuilt from events");
+        assert_eq!(
+            (loaded.state.total, loaded.version),
+            (18, 9),
+            "rebuilt from events"
+        );
     }
 }
 
@@ -274,7 +374,13 @@ async fn time_travel_by_version_and_by_time() {
     let ctx = CommandContext::new();
     orders.execute("o", &create_order(), &ctx).await.unwrap();
     orders
-        .execute("o", &ReserveInventory { reservation_id: "r".into() }, &ctx)
+        .execute(
+            "o",
+            &ReserveInventory {
+                reservation_id: "r".into(),
+            },
+            &ctx,
+        )
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -286,17 +392,29 @@ async fn time_travel_by_version_and_by_time() {
     };
     orders.execute("o", &cancel, &ctx).await.unwrap();
 
-    assert_eq!(orders.load("o").await.unwrap().state.status, OrderStatus::Cancelled);
+    assert_eq!(
+        orders.load("o").await.unwrap().state.status,
+        OrderStatus::Cancelled
+    );
     let v1 = orders.load_at_version("o", 1).await.unwrap();
     assert_eq!((v1.state.status, v1.version), (OrderStatus::Pending, 1));
     let at_time = orders.load_at_time("o", between).await.unwrap();
-    assert_eq!((at_time.state.status, at_time.version), (OrderStatus::InventoryReserved, 2));
-    let before = orders.load_at_time("o", between - Duration::days(1)).await.unwrap();
+    assert_eq!(
+        (at_time.state.status, at_time.version),
+        (OrderStatus::InventoryReserved, 2)
+    );
+    let before = orders
+        .load_at_time("o", between - Duration::days(1))
+        .await
+        .unwrap();
     assert_eq!((before.state.status, before.version), (OrderStatus::New, 0));
 }
 
 async fn load_error(store: &MemoryStore, stream: &str) -> LoadError {
-    Repository::<Order, _>::new(store.clone()).load(stream).await.unwrap_err()
+    Repository::<Order, _>::new(store.clone())
+        .load(stream)
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test]
@@ -311,19 +429,52 @@ async fn bad_stored_events_give_typed_errors_naming_stream_and_version() {
     })
     .unwrap();
     let cases = [
-        ("unknown-type", raw_event("OrderShipped", 1, "{}"), "unknown event type `OrderShipped`"),
-        ("newer", raw_event("OrderCreated", 3, &created), "schema version 3, newer than version 2"),
-        ("corrupt", raw_event("OrderCreated", 2, "{\"customer_id\": 5}"), "invalid payload for event `OrderCreated` version 2"),
-        ("version-zero", raw_event("OrderCreated", 0, &created), "version 0 has no upcast path"),
+        (
+            "unknown-type",
+            raw_event("OrderShipped", 1, "{}"),
+            "unknown event type `OrderShipped`",
+        ),
+        (
+            "newer",
+            raw_event("OrderCreated", 3, &created),
+            "schema version 3, newer than version 2",
+        ),
+        (
+            "corrupt",
+            raw_event("OrderCreated", 2, "{\"customer_id\": 5}"),
+            "invalid payload for event `OrderCreated` version 2",
+        ),
+        (
+            "version-zero",
+            raw_event("OrderCreated", 0, &created),
+            "version 0 has no upcast path",
+        ),
     ];
     for (stream, event, expected) in cases {
         store
-            .append("order", stream, ExpectedVersion::NoStream, vec![raw_event("OrderCreated", 2, &created)])
+            .append(
+                "order",
+                stream,
+                ExpectedVersion::NoStream,
+                vec![raw_event("OrderCreated", 2, &created)],
+            )
             .await
             .unwrap();
-        store.append("order", stream, ExpectedVersion::Exact(1), vec![event]).await.unwrap();
+        store
+            .append("order", stream, ExpectedVersion::Exact(1), vec![event])
+            .await
+            .unwrap();
         let error = load_error(&store, stream).await;
-        assert!(matches!(error, LoadError::Decode { stream_version: 2, .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                LoadError::Decode {
+                    stream_version: 2,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         let message = error.to_string();
         assert!(message.contains(&format!("stream `{stream}`")), "{message}");
         assert!(message.contains("version 2"), "{message}");
@@ -335,22 +486,44 @@ async fn bad_stored_events_give_typed_errors_naming_stream_and_version() {
 async fn a_stream_of_another_aggregate_type_is_refused() {
     let store = MemoryStore::new();
     store
-        .append("product", "p-1", ExpectedVersion::NoStream, vec![raw_event("ProductCreated", 1, "{}")])
+        .append(
+            "product",
+            "p-1",
+            ExpectedVersion::NoStream,
+            vec![raw_event("ProductCreated", 1, "{}")],
+        )
         .await
         .unwrap();
     let error = load_error(&store, "p-1").await;
-    assert!(matches!(&error, LoadError::WrongStreamType { actual, expected: "order", .. } if actual == "product"));
-    assert_eq!(error.to_string(), "stream `p-1` holds `product` events at version 1, not `order` events");
+    assert!(
+        matches!(&error, LoadError::WrongStreamType { actual, expected: "order", .. } if actual == "product")
+    );
+    assert_eq!(
+        error.to_string(),
+        "stream `p-1` holds `product` events at version 1, not `order` events"
+    );
 }
 
 #[tokio::test]
 async fn invalid_ids_are_refused() {
     let store = MemoryStore::new();
-    assert!(matches!(load_error(&store, "").await, LoadError::InvalidId { .. }));
-    assert!(matches!(load_error(&store, "a\0b").await, LoadError::InvalidId { .. }));
+    assert!(matches!(
+        load_error(&store, "").await,
+        LoadError::InvalidId { .. }
+    ));
+    assert!(matches!(
+        load_error(&store, "a\0b").await,
+        LoadError::InvalidId { .. }
+    ));
     let orders = Repository::<Order, _>::new(store);
-    let error = orders.execute("", &create_order(), &CommandContext::new()).await.unwrap_err();
-    assert!(matches!(error, ExecuteError::Load(LoadError::InvalidId { .. })));
+    let error = orders
+        .execute("", &create_order(), &CommandContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        ExecuteError::Load(LoadError::InvalidId { .. })
+    ));
 }
 
 #[test]

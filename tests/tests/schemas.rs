@@ -21,7 +21,11 @@ fn read_json(path: &Path) -> serde_json::Value {
 #[test]
 fn committed_example_schemas_are_unchanged() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/schemas");
-    SchemaSet::new().aggregate::<Order>().aggregate::<Account>().verify(dir).unwrap();
+    SchemaSet::new()
+        .aggregate::<Order>()
+        .aggregate::<Account>()
+        .verify(dir)
+        .unwrap();
 }
 
 #[test]
@@ -46,9 +50,16 @@ fn export_writes_every_type_and_version_with_an_index() {
     );
     let v1 = read_json(&dir.join("order/OrderCreated.v1.json"));
     let v2 = read_json(&dir.join("order/OrderCreated.v2.json"));
-    assert!(v1["properties"].get("total_amount").is_none(), "v1 has no total");
-    assert!(v2["properties"].get("total_amount").is_some(), "v2 has the total");
-    let index: Vec<IndexEntry> = serde_json::from_value(read_json(&dir.join("index.json"))).unwrap();
+    assert!(
+        v1["properties"].get("total_amount").is_none(),
+        "v1 has no total"
+    );
+    assert!(
+        v2["properties"].get("total_amount").is_some(),
+        "v2 has the total"
+    );
+    let index: Vec<IndexEntry> =
+        serde_json::from_value(read_json(&dir.join("index.json"))).unwrap();
     let mut created: Vec<(u32, bool)> = index
         .iter()
         .filter(|e| e.event_type == "OrderCreated")
@@ -56,7 +67,11 @@ fn export_writes_every_type_and_version_with_an_index() {
         .collect();
     created.sort();
     assert_eq!(created, [(1, false), (2, true)]);
-    assert!(index.iter().all(|e| e.aggregate == "order" && dir.join(&e.file).exists()));
+    assert!(
+        index
+            .iter()
+            .all(|e| e.aggregate == "order" && dir.join(&e.file).exists())
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -78,14 +93,22 @@ fn verify_fails_listing_changed_files_and_accepts_new_versions() {
     schema["properties"]["currency"] = serde_json::json!({ "type": "string" });
     fs::write(&changed, schema.to_string()).unwrap();
     match schemas.verify(&dir) {
-        Err(SchemaError::Changed { files }) => assert_eq!(files, [changed.clone()]),
+        Err(SchemaError::Changed { files }) => assert_eq!(files, std::slice::from_ref(&changed)),
         other => panic!("expected a changed-schema error, got {other:?}"),
     }
     let message = schemas.verify(&dir).unwrap_err().to_string();
-    assert!(message.contains("PaymentProcessed.v1.json") && message.contains("bump the event's version"), "{message}");
+    assert!(
+        message.contains("PaymentProcessed.v1.json")
+            && message.contains("bump the event's version"),
+        "{message}"
+    );
 
     // Formatting alone is not a change.
-    fs::write(&changed, serde_json::to_string(&schemas.get("PaymentProcessed", 1).unwrap()).unwrap()).unwrap();
+    fs::write(
+        &changed,
+        serde_json::to_string(&schemas.get("PaymentProcessed", 1).unwrap()).unwrap(),
+    )
+    .unwrap();
     assert!(schemas.verify(&dir).is_ok());
     fs::remove_dir_all(dir).unwrap();
 }

@@ -25,7 +25,10 @@ fn command() -> impl Strategy<Value = Command> {
 async fn run(accounts: &Repository<Account, MemoryStore>, command: &Command) {
     let ctx = CommandContext::new();
     let result = match command {
-        Command::Open => accounts.execute("acc", &Open { owner: "p".into() }, &ctx).await.map(drop),
+        Command::Open => accounts
+            .execute("acc", &Open { owner: "p".into() }, &ctx)
+            .await
+            .map(drop),
         Command::Deposit(n) => accounts.execute("acc", &Deposit(*n), &ctx).await.map(drop),
         Command::Withdraw(n) => accounts.execute("acc", &Withdraw(*n), &ctx).await.map(drop),
         Command::Close => accounts.execute("acc", &Close, &ctx).await.map(drop),

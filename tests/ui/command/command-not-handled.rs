@@ -1,0 +1,35 @@
+use es_core::{Aggregate, Apply, Event};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct Placed {
+    pub total: i64,
+}
+
+#[derive(Event)]
+pub enum OrderEvent {
+    Placed(Placed),
+}
+
+#[derive(Default, Aggregate)]
+#[aggregate(name = "order", event = OrderEvent)]
+pub struct Order {
+    total: i64,
+}
+
+impl Apply<Placed> for Order {
+    fn apply(&mut self, event: &Placed) {
+        self.total = event.total;
+    }
+}
+
+pub struct Ship;
+
+async fn ship(orders: &es_core::Repository<Order, es_core::MemoryStore>) {
+    let _ = orders.execute("order-1", &Ship, &es_core::CommandContext::new()).await;
+}
+
+fn main() {
+    let _ = ship;
+}

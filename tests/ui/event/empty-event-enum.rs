@@ -1,0 +1,6 @@
+use es_core::Event;
+
+#[derive(Event)]
+pub enum OrderEvent {}
+
+fn main() {}

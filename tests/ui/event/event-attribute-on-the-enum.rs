@@ -1,0 +1,16 @@
+use es_core::Event;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct Placed {
+    pub total: i64,
+}
+
+#[derive(Event)]
+#[event(version = 2)]
+pub enum OrderEvent {
+    Placed(Placed),
+}
+
+fn main() {}

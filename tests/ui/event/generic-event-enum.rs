@@ -1,0 +1,8 @@
+use es_core::Event;
+
+#[derive(Event)]
+pub enum OrderEvent<T> {
+    Placed(T),
+}
+
+fn main() {}
