@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use es_core::schema::{IndexEntry, SchemaError, SchemaSet};
 use es_examples::bank::Account;
+use es_examples::catalog::Product;
 use es_examples::order::Order;
 
 fn scratch_dir() -> PathBuf {
@@ -24,6 +25,7 @@ fn committed_example_schemas_are_unchanged() {
     SchemaSet::new()
         .aggregate::<Order>()
         .aggregate::<Account>()
+        .aggregate::<Product>()
         .verify(dir)
         .unwrap();
 }
