@@ -12,17 +12,18 @@ use serde::de::DeserializeOwned;
 /// `json_valid` check), so it is not validated again here: whatever is wrong with it surfaces as
 /// a typed decoding error when it is read.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RawJson(Box<str>);
+pub struct RawJson(String);
 
 impl RawJson {
     /// Wraps JSON text without parsing it; see the type's documentation for why.
-    pub fn from_string(text: impl Into<Box<str>>) -> Self {
+    pub fn from_string(text: impl Into<String>) -> Self {
         Self(text.into())
     }
 
     /// Serializes a value.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::to_string(value).map(|text| Self(text.into_boxed_str()))
+        // Kept as the `String` serde_json wrote: shrinking it to a `Box<str>` would copy it.
+        serde_json::to_string(value).map(Self)
     }
 
     /// An empty JSON object, `{}`.
@@ -47,7 +48,7 @@ impl RawJson {
 
     /// The JSON text, owned.
     pub fn into_string(self) -> String {
-        self.0.into_string()
+        self.0
     }
 }
 
@@ -65,6 +66,6 @@ impl fmt::Display for RawJson {
 
 impl From<serde_json::Value> for RawJson {
     fn from(value: serde_json::Value) -> Self {
-        Self(value.to_string().into_boxed_str())
+        Self(value.to_string())
     }
 }

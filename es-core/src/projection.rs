@@ -234,6 +234,57 @@ pub struct Progress {
     pub eta: Option<Duration>,
 }
 
+impl std::fmt::Display for Progress {
+    /// `1200/5000 events (24%), 3400 events/s, about 1s left`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let percent = if self.total == 0 {
+            100
+        } else {
+            self.done * 100 / self.total
+        };
+        write!(
+            f,
+            "{}/{} events ({percent}%), {:.0} events/s",
+            self.done, self.total, self.rate
+        )?;
+        match self.eta {
+            Some(eta) if self.done < self.total => write!(f, ", about {}s left", eta.as_secs()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A terminal progress bar for [`ProjectionRunner::rebuild`] (feature `progress-bar`): draws
+/// on standard error, and stays hidden when that is not a terminal.
+///
+/// ```no_run
+/// # async fn rebuild<S: es_core::projection::ProjectionStore, P: es_core::projection::Projection<S>>(
+/// #     mut runner: es_core::projection::ProjectionRunner<S, P>,
+/// # ) -> Result<(), es_core::projection::ProjectionError> {
+/// runner.rebuild(es_core::projection::progress_bar("order_list")).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "progress-bar")]
+pub fn progress_bar(label: &str) -> impl FnMut(Progress) + Send + use<> {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:32}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label.to_owned());
+    move |progress: Progress| {
+        bar.set_length(progress.total);
+        bar.set_position(progress.done);
+        let eta = progress.eta.map_or_else(String::new, |eta| {
+            format!(", about {}s left", eta.as_secs())
+        });
+        bar.set_message(format!("{:.0} events/s{eta}", progress.rate));
+        if progress.done >= progress.total {
+            bar.finish();
+        }
+    }
+}
+
 /// Why a projection stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

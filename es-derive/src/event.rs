@@ -209,6 +209,7 @@ fn expand(input: &EventEnum<'_>) -> TokenStream {
                     }
                 }
 
+                #[inline]
                 fn encode(&self) -> ::core::result::Result<#private::RawJson, #private::serde_json::Error> {
                     match self {
                         #(#encode_arms)*

@@ -1,31 +1,111 @@
-//! Seed 000's order flow, end to end: commands, the events they record (with versions and
-//! metadata), time travel, an old v1 event loading through its upcaster, and the exported
-//! event schemas.
+//! Seed 000's order flow, end to end, on a SQLite file with no set-up: commands and the events
+//! they record (with versions and metadata), a rejected payment, a cancellation, time travel, an
+//! old version 1 event loading through its upcaster, the order list read model, and the
+//! exported event schemas.
 //!
-//! Run it with `cargo run --example orders`.
+//! ```sh
+//! cargo run --example orders                 # SQLite file examples/out/orders.db
+//! cargo run --example orders -- --postgres   # PostgreSQL at $DATABASE_URL (default 127.0.0.1)
+//! ```
 
 use std::error::Error;
+use std::path::PathBuf;
 
 use chrono::Utc;
+use es_core::projection::{Projection, ProjectionRunner, ProjectionStore};
 use es_core::schema::SchemaSet;
 use es_core::{
-    CommandContext, EventStore, ExpectedVersion, MemoryStore, NewEvent, RawJson, Repository, Until,
+    CommandContext, ExecuteError, ExpectedVersion, NewEvent, Position, RawJson, Repository,
 };
 use es_examples::order::{
     Address, CancelOrder, ConfirmOrder, CreateOrder, Order, OrderCreatedV1, OrderItem,
     ProcessPayment, ReserveInventory, total_of,
 };
-use futures_util::TryStreamExt;
+use es_examples::order_list::{OrderList, OrderRow};
+use es_postgres::PgStore;
+use es_sqlite::SqliteStore;
+
+/// The PostgreSQL schema the example owns (dropped and recreated on every run).
+const PG_SCHEMA: &str = "es_orders_example";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let store = MemoryStore::new();
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out");
+    std::fs::create_dir_all(&out)?;
+    let rows = match std::env::args().nth(1).as_deref() {
+        Some("--postgres") => {
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            println!("es: seed 000's orders on PostgreSQL, schema `{PG_SCHEMA}`\n");
+            let store = PgStore::connect(&url)
+                .await
+                .map_err(|e| format!("{e}\n(start a server or set DATABASE_URL)"))?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+                .execute(store.pool())
+                .await?;
+            let store = store.with_schema(PG_SCHEMA)?;
+            store.migrate().await?;
+            let list = OrderList::in_schema(PG_SCHEMA);
+            list.create_table_postgres(store.pool()).await?;
+            let store = run(store, list.clone()).await?;
+            list.rows_postgres(store.pool()).await?
+        }
+        Some(other) => {
+            return Err(
+                format!("unknown argument `{other}`; the only option is `--postgres`").into(),
+            );
+        }
+        None => {
+            let path = out.join("orders.db");
+            for file in ["orders.db", "orders.db-wal", "orders.db-shm"] {
+                let _ = std::fs::remove_file(out.join(file));
+            }
+            println!("es: seed 000's orders on SQLite, {}\n", path.display());
+            let store = SqliteStore::open(&path).await?;
+            let list = OrderList::new();
+            list.create_table_sqlite(store.pool()).await?;
+            let store = run(store, list.clone()).await?;
+            list.rows_sqlite(store.pool()).await?
+        }
+    };
+    print_order_list(&rows);
+
+    let dir = out.join("schemas");
+    let written = SchemaSet::new().aggregate::<Order>().export(&dir)?;
+    println!(
+        "\n== event schemas ==\n  {} JSON Schemas and index.json in {}",
+        written.len(),
+        dir.display()
+    );
+
+    println!("\nNext:");
+    println!("  cargo test --test order_rules     the order rules as given/when/then tests");
+    println!(
+        "  cargo run --example catalog       seed 001's products, with a v1 -> v2 event upgrade"
+    );
+    println!("  add a variant to OrderEvent       and see the compiler ask for its apply logic");
+    Ok(())
+}
+
+/// The whole flow on any store; returns the store for the caller's read-model query.
+async fn run<S>(store: S, list: OrderList) -> Result<S, Box<dyn Error>>
+where
+    S: ProjectionStore,
+    OrderList: Projection<S>,
+{
     let orders = Repository::<Order, _>::new(store.clone());
-    let ctx = || {
+    // One correlation id per order's conversation; each command is the causation of its events.
+    let ctx = |correlation: uuid::Uuid| {
         CommandContext::new()
             .with_actor("user-7")
             .with_source("orders-example")
+            .with_correlation_id(correlation)
     };
+    let (alice, bob, carol) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
     let address = Address {
         street: "1-2-3 Shibuya".into(),
         city: "Tokyo".into(),
@@ -37,61 +117,56 @@ async fn main() -> Result<(), Box<dyn Error>> {
         OrderItem::new("pen", 3, 200),
     ];
     let total = total_of(&items);
-
-    println!("== order-1: the happy path ==");
-    let create = CreateOrder {
-        customer_id: "alice".into(),
+    let create = |customer: &str| CreateOrder {
+        customer_id: customer.into(),
         items: items.clone(),
         shipping_address: address.clone(),
         at: Utc::now(),
     };
-    report(
-        "CreateOrder",
-        orders.execute("order-1", &create, &ctx()).await,
-    );
     let reserve = ReserveInventory {
         reservation_id: "res-1".into(),
     };
-    report(
-        "ReserveInventory",
-        orders.execute("order-1", &reserve, &ctx()).await,
-    );
-    let pay = ProcessPayment {
+    let pay = |amount| ProcessPayment {
         payment_id: "pay-1".into(),
-        amount: total,
+        amount,
         at: Utc::now(),
     };
+    let confirm = ConfirmOrder { at: Utc::now() };
+
+    println!("== order-1 (alice): the happy path ==");
+    report(
+        "CreateOrder",
+        orders
+            .execute("order-1", &create("alice"), &ctx(alice))
+            .await,
+    );
+    report(
+        "ReserveInventory",
+        orders.execute("order-1", &reserve, &ctx(alice)).await,
+    );
     report(
         "ProcessPayment",
-        orders.execute("order-1", &pay, &ctx()).await,
+        orders.execute("order-1", &pay(total), &ctx(alice)).await,
     );
     report(
         "ConfirmOrder",
-        orders
-            .execute("order-1", &ConfirmOrder { at: Utc::now() }, &ctx())
-            .await,
+        orders.execute("order-1", &confirm, &ctx(alice)).await,
     );
 
-    println!("\n== order-2: a payment that does not match, then a cancellation ==");
-    let create_bob = CreateOrder {
-        customer_id: "bob".into(),
-        ..create.clone()
-    };
+    println!("\n== order-2 (bob): a payment that does not match, then a cancellation ==");
     report(
         "CreateOrder",
-        orders.execute("order-2", &create_bob, &ctx()).await,
+        orders.execute("order-2", &create("bob"), &ctx(bob)).await,
     );
     report(
         "ReserveInventory",
-        orders.execute("order-2", &reserve, &ctx()).await,
+        orders.execute("order-2", &reserve, &ctx(bob)).await,
     );
-    let short = ProcessPayment {
-        amount: total - 100,
-        ..pay.clone()
-    };
     report(
         "ProcessPayment (short)",
-        orders.execute("order-2", &short, &ctx()).await,
+        orders
+            .execute("order-2", &pay(total - 100), &ctx(bob))
+            .await,
     );
     let cancel = CancelOrder {
         reason: "customer changed their mind".into(),
@@ -99,32 +174,38 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
     report(
         "CancelOrder",
-        orders.execute("order-2", &cancel, &ctx()).await,
+        orders.execute("order-2", &cancel, &ctx(bob)).await,
     );
     report(
         "ConfirmOrder",
+        orders.execute("order-2", &confirm, &ctx(bob)).await,
+    );
+
+    println!("\n== order-3 (carol): still pending ==");
+    report(
+        "CreateOrder",
         orders
-            .execute("order-2", &ConfirmOrder { at: Utc::now() }, &ctx())
+            .execute("order-3", &create("carol"), &ctx(carol))
             .await,
     );
 
-    println!("\n== the event log of order-1 ==");
-    let mut events = store.read_stream("order-1", 1, Until::End);
-    while let Some(event) = events.try_next().await? {
+    println!("\n== the global event log, with metadata ==");
+    for event in store.read_all(Position::START, 100).await? {
         let metadata = event.metadata()?;
+        let short = |id: Option<uuid::Uuid>| {
+            id.map(|id| id.to_string()[..8].to_owned())
+                .unwrap_or_default()
+        };
         println!(
-            "  v{} {} (schema v{}) at {}  actor={} correlation={}",
+            "  {} v{} {:<18} schema v{}  actor={} correlation={} causation={}",
+            event.stream_id,
             event.stream_version,
             event.event_type,
             event.schema_version,
-            event.recorded_at.format("%H:%M:%S%.3f"),
             metadata.actor_id.unwrap_or_default(),
-            metadata
-                .correlation_id
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            short(metadata.correlation_id),
+            short(metadata.causation_id),
         );
-        println!("      payload {}", event.payload);
     }
 
     println!("\n== time travel ==");
@@ -136,9 +217,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     println!("  order-1 at version 2: {:?}", then.state.status);
 
-    println!("\n== an OrderCreated stored at schema version 1 (no total) ==");
+    println!("\n== an OrderCreated stored at schema version 1, before orders recorded a total ==");
     let v1 = OrderCreatedV1 {
-        customer_id: "carol".into(),
+        customer_id: "dave".into(),
         items: items.clone(),
         shipping_address: address,
         created_at: Utc::now(),
@@ -148,47 +229,64 @@ async fn main() -> Result<(), Box<dyn Error>> {
         event_type: "OrderCreated".into(),
         schema_version: 1,
         payload: RawJson::encode(&v1)?,
-        metadata: RawJson::empty_object(),
+        metadata: RawJson::encode(&ctx(uuid::Uuid::new_v4()).metadata())?,
     };
-    println!("  stored payload: {}", old.payload);
     store
-        .append("order", "order-3", ExpectedVersion::NoStream, vec![old])
+        .append("order", "order-4", ExpectedVersion::NoStream, vec![old])
         .await?;
-    let upcast = orders.load("order-3").await?;
+    let upcast = orders.load("order-4").await?;
     println!(
-        "  loads as version 2 with total_amount {} (computed by the v1 -> v2 upcaster)",
+        "  order-4 loads with total_amount {} (computed by the v1 -> v2 upcaster)",
         upcast.state.total_amount
     );
 
-    let dir = std::env::temp_dir().join("es-orders-schemas");
-    let written = SchemaSet::new().aggregate::<Order>().export(&dir)?;
+    let mut runner = ProjectionRunner::new(store.clone(), list);
+    let checkpoint = runner.catch_up().await?;
     println!(
-        "\n== event schemas ==\n  {} files written to {}",
-        written.len(),
-        dir.display()
+        "\n== the order list read model (projection `order_list`, caught up to event {}) ==",
+        checkpoint.sequence
     );
-    for file in &written {
-        println!("  {}", file.strip_prefix(&dir).unwrap_or(file).display());
-    }
-
-    println!(
-        "\nNext: `cargo test` runs the rules as given/when/then tests (tests/tests/order_rules.rs);"
-    );
-    println!("add an event to OrderEvent and see the compiler ask for its apply logic.");
-    Ok(())
+    Ok(store)
 }
 
-fn report<E: std::fmt::Display>(command: &str, result: Result<es_core::Executed<Order>, E>) {
+fn report<E: std::fmt::Display>(
+    command: &str,
+    result: Result<es_core::Executed<Order>, ExecuteError<E>>,
+) {
     match result {
         Ok(done) => {
             let names: Vec<&str> = done.events.iter().map(es_core::Event::event_type).collect();
             println!(
-                "  {command:<24} -> {} (now v{}, status {:?})",
+                "  {command:<24} -> {} (now v{}, {:?})",
                 names.join(", "),
                 done.version,
                 done.state.status
             );
         }
-        Err(error) => println!("  {command:<24} -> rejected: {error}"),
+        Err(ExecuteError::Rejected(error)) => println!("  {command:<24} -> rejected: {error}"),
+        Err(error) => println!("  {command:<24} -> failed: {error}"),
+    }
+}
+
+fn print_order_list(rows: &[OrderRow]) {
+    println!(
+        "  {:<8} {:<9} {:>6}  {:<18} {:<9} {:<9} reason",
+        "order", "customer", "total", "status", "created", "closed"
+    );
+    for row in rows {
+        let time = |t: Option<chrono::DateTime<Utc>>| {
+            t.map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_default()
+        };
+        println!(
+            "  {:<8} {:<9} {:>6}  {:<18} {:<9} {:<9} {}",
+            row.order_id,
+            row.customer_id,
+            row.total_amount,
+            row.status,
+            time(Some(row.created_at)),
+            time(row.confirmed_at.or(row.cancelled_at)),
+            row.cancellation_reason.as_deref().unwrap_or(""),
+        );
     }
 }

@@ -49,7 +49,10 @@ pub struct ProductCreatedV1 {
 pub fn generate_sku(name: &str, category_id: &str) -> String {
     let mut sku = String::new();
     for part in [category_id, name] {
-        for word in part.split(|c: char| !c.is_alphanumeric()).filter(|word| !word.is_empty()) {
+        for word in part
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|word| !word.is_empty())
+        {
             if !sku.is_empty() {
                 sku.push('-');
             }

@@ -6,3 +6,4 @@
 pub mod bank;
 pub mod catalog;
 pub mod order;
+pub mod order_list;

@@ -238,7 +238,7 @@ pub enum OrderError {
     #[error("order does not exist")]
     NotFound,
     /// The command does not fit the order's status.
-    #[error("cannot {action} for order in {status:?} status")]
+    #[error("cannot {action} in {status:?} status")]
     InvalidStatus {
         /// What was attempted.
         action: &'static str,
@@ -345,7 +345,7 @@ impl Handle<ReserveInventory> for Order {
     type Error = OrderError;
 
     fn handle(&self, command: &ReserveInventory) -> Result<Vec<OrderEvent>, OrderError> {
-        self.require(OrderStatus::Pending, "reserve inventory")?;
+        self.require(OrderStatus::Pending, "reserve inventory for order")?;
         Ok(vec![OrderEvent::InventoryReserved(InventoryReserved {
             reservation_id: command.reservation_id.clone(),
             items: self.items.clone(),
@@ -357,7 +357,7 @@ impl Handle<ProcessPayment> for Order {
     type Error = OrderError;
 
     fn handle(&self, command: &ProcessPayment) -> Result<Vec<OrderEvent>, OrderError> {
-        self.require(OrderStatus::InventoryReserved, "process payment")?;
+        self.require(OrderStatus::InventoryReserved, "process payment for order")?;
         if command.amount != self.total_amount {
             return Err(OrderError::AmountMismatch {
                 amount: command.amount,

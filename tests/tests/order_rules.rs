@@ -150,14 +150,20 @@ fn reserve_inventory_of_a_pending_order() {
 fn reserve_inventory_twice_is_rejected() {
     given::<Order>([created(), reserved()])
         .when(reserve())
-        .then_error(invalid("reserve inventory", OrderStatus::InventoryReserved));
+        .then_error(invalid(
+            "reserve inventory for order",
+            OrderStatus::InventoryReserved,
+        ));
 }
 
 #[test]
 fn reserve_inventory_of_a_cancelled_order_is_rejected() {
     given::<Order>([created(), cancelled()])
         .when(reserve())
-        .then_error(invalid("reserve inventory", OrderStatus::Cancelled));
+        .then_error(invalid(
+            "reserve inventory for order",
+            OrderStatus::Cancelled,
+        ));
 }
 
 #[test]
@@ -201,7 +207,7 @@ fn payment_that_does_not_match_the_total_is_rejected() {
 fn payment_before_inventory_is_reserved_is_rejected() {
     given::<Order>([created()])
         .when(pay(3_600))
-        .then_error(invalid("process payment", OrderStatus::Pending));
+        .then_error(invalid("process payment for order", OrderStatus::Pending));
 }
 
 #[test]

@@ -271,6 +271,17 @@ async fn rebuild_replays_from_zero_and_reports_progress() {
     assert_eq!((last.done, last.total), (100, 100));
     assert!(reports.windows(2).all(|w| w[0].done <= w[1].done));
     assert!(reports.iter().all(|p| p.done <= p.total));
+    assert!(
+        last.to_string().starts_with("100/100 events (100%), "),
+        "{last}"
+    );
+
+    // The ready-made terminal bar drives the same callback (hidden when stderr is no terminal).
+    runner
+        .rebuild(es_core::projection::progress_bar("balances"))
+        .await
+        .unwrap();
+    assert_eq!(balances.snapshot().len(), 50);
 }
 
 #[tokio::test]
