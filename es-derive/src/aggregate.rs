@@ -8,26 +8,16 @@ use syn::spanned::Spanned;
 
 use crate::ast::AggregateStruct;
 use crate::check;
-use crate::ctxt::Ctxt;
+use crate::ctxt;
 
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
-    let cx = Ctxt::new();
-    let parsed = AggregateStruct::parse(&cx, input);
-    if let Some(parsed) = &parsed {
-        check::aggregate(&cx, parsed);
-    }
-    match (cx.check(), parsed) {
-        (Ok(()), Some(parsed)) => expand(&parsed),
-        (Ok(()), None) => unreachable!("an input that does not parse records an error"),
-        (Err(error), parsed) => {
-            let mut tokens = error.to_compile_error();
-            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty())
-            {
-                tokens.extend(fallback(&parsed));
-            }
-            tokens
-        }
-    }
+    ctxt::derive(
+        input,
+        AggregateStruct::parse,
+        check::aggregate,
+        expand,
+        fallback,
+    )
 }
 
 fn expand(input: &AggregateStruct<'_>) -> TokenStream {

@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 use std::fmt::Display;
 
+use proc_macro2::TokenStream;
 use quote::ToTokens;
+use syn::DeriveInput;
 
 /// An error collector that must be [`checked`](Ctxt::check) before it is dropped, so that no
 /// error is lost by accident (serde_derive's pattern).
@@ -54,6 +56,33 @@ impl Drop for Ctxt {
     fn drop(&mut self) {
         if !std::thread::panicking() && self.errors.borrow().is_some() {
             panic!("es-derive: a Ctxt was dropped without being checked");
+        }
+    }
+}
+
+/// The pipeline of both derives: parse, check, then expand; on errors, the errors plus the
+/// fallback impls (unless the input is generic, where a fallback could only add errors).
+pub(crate) fn derive<'a, T>(
+    input: &'a DeriveInput,
+    parse: fn(&Ctxt, &'a DeriveInput) -> Option<T>,
+    check: fn(&Ctxt, &T),
+    expand: fn(&T) -> TokenStream,
+    fallback: fn(&T) -> TokenStream,
+) -> TokenStream {
+    let cx = Ctxt::new();
+    let parsed = parse(&cx, input);
+    if let Some(parsed) = &parsed {
+        check(&cx, parsed);
+    }
+    match (cx.check(), parsed) {
+        (Ok(()), Some(parsed)) => expand(&parsed),
+        (Ok(()), None) => unreachable!("an input that does not parse records an error"),
+        (Err(error), parsed) => {
+            let mut tokens = error.to_compile_error();
+            if input.generics.params.is_empty() {
+                tokens.extend(parsed.as_ref().map(fallback));
+            }
+            tokens
         }
     }
 }

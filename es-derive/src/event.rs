@@ -8,26 +8,10 @@ use syn::{DeriveInput, Ident, Visibility};
 
 use crate::ast::{EventEnum, EventVariant, Shape};
 use crate::check;
-use crate::ctxt::Ctxt;
+use crate::ctxt;
 
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
-    let cx = Ctxt::new();
-    let parsed = EventEnum::parse(&cx, input);
-    if let Some(parsed) = &parsed {
-        check::event(&cx, parsed);
-    }
-    match (cx.check(), parsed) {
-        (Ok(()), Some(parsed)) => expand(&parsed),
-        (Ok(()), None) => unreachable!("an input that does not parse records an error"),
-        (Err(error), parsed) => {
-            let mut tokens = error.to_compile_error();
-            if let Some(parsed) = parsed.filter(|parsed| parsed.original.generics.params.is_empty())
-            {
-                tokens.extend(fallback(&parsed));
-            }
-            tokens
-        }
-    }
+    ctxt::derive(input, EventEnum::parse, check::event, expand, fallback)
 }
 
 /// The module holding the marker types of unit variants: the enum's name in snake case.
