@@ -250,6 +250,18 @@ pub async fn reused_event_id_is_rejected<S: EventStore>(store: S) {
         matches!(reordered, Err(StoreError::DuplicateEventId { .. })),
         "reordered batch: {reordered:?}"
     );
+    let tail = store
+        .append(
+            STREAM_TYPE,
+            "s",
+            ExpectedVersion::Any,
+            vec![batch[1].clone()],
+        )
+        .await;
+    assert!(
+        matches!(tail, Err(StoreError::DuplicateEventId { .. })),
+        "the tail of a batch: {tail:?}"
+    );
     let first_only = store
         .append(
             STREAM_TYPE,

@@ -120,7 +120,9 @@ impl Inner {
                 })
             })
             && in_batch(start + events.len())
-                .is_none_or(|next| next.position.transaction != transaction);
+                .is_none_or(|next| next.position.transaction != transaction)
+            // ...and it starts where that append started: its tail alone is not the batch.
+            && (start == 0 || in_batch(start - 1).is_none_or(|prev| prev.position.transaction != transaction));
         if !same_batch {
             return Err(StoreError::DuplicateEventId {
                 event_id,

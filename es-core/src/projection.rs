@@ -237,11 +237,7 @@ pub struct Progress {
 impl std::fmt::Display for Progress {
     /// `1200/5000 events (24%), 3400 events/s, about 1s left`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let percent = if self.total == 0 {
-            100
-        } else {
-            self.done * 100 / self.total
-        };
+        let percent = (self.done * 100).checked_div(self.total).unwrap_or(100);
         write!(
             f,
             "{}/{} events ({percent}%), {:.0} events/s",

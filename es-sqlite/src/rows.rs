@@ -1,0 +1,196 @@
+//! Turning rows into es-core values without trusting them: every conversion that can fail maps
+//! to a typed error instead of a panic (P16).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use es_core::projection::DeadLetter;
+use es_core::{Position, RawJson, RecordedEvent, Snapshot, StoreError};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+/// The columns of `es_events` that [`recorded_event`] reads, in a `SELECT` list.
+pub(crate) const EVENT_COLUMNS: &str = "position, transaction_id, stream_type, stream_id, stream_version, \
+     event_id, event_type, schema_version, payload, metadata, recorded_at";
+
+/// A value that does not fit its Rust type: the source of errors about rows that are not events.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InvalidValue(pub(crate) String);
+
+/// Microseconds since the Unix epoch, the unit of every time column.
+pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// The present in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    micros(Utc::now())
+}
+
+/// A column of a row, with what it is for messages.
+fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T, String>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|error| format!("column `{name}`: {error}"))
+}
+
+fn unsigned(name: &str, value: i64) -> Result<u64, String> {
+    u64::try_from(value).map_err(|_| format!("column `{name}` holds the negative value {value}"))
+}
+
+fn version_u32(name: &str, value: i64) -> Result<u32, String> {
+    u32::try_from(value)
+        .map_err(|_| format!("column `{name}` holds {value}, outside 0..=4294967295"))
+}
+
+fn time(name: &str, value: i64) -> Result<DateTime<Utc>, String> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| format!("column `{name}` holds {value}, not a representable time"))
+}
+
+fn uuid(name: &str, value: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(value)
+        .map_err(|error| format!("column `{name}` holds {value:?}, not a UUID: {error}"))
+}
+
+/// Converts `value` to the SQLite integer type, saturating: the bounds it is used for (versions,
+/// positions) are never near `i64::MAX`.
+pub(crate) fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A position's two numbers as SQLite integers (saturating, which keeps comparisons exact:
+/// no stored position exceeds `i64::MAX`).
+pub(crate) fn position_params(position: Position) -> (i64, i64) {
+    (
+        saturating_i64(position.transaction),
+        saturating_i64(position.sequence),
+    )
+}
+
+/// Reads an `es_events` row selected with [`EVENT_COLUMNS`].
+pub(crate) fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let stream_id: String = row
+        .try_get("stream_id")
+        .unwrap_or_else(|_| "<unreadable>".to_owned());
+    let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
+    read_event(row, stream_id.clone(), raw_version).map_err(|reason| StoreError::CorruptRow {
+        stream_id,
+        stream_version: raw_version,
+        reason,
+    })
+}
+
+fn read_event(
+    row: &SqliteRow,
+    stream_id: String,
+    raw_version: i64,
+) -> Result<RecordedEvent, String> {
+    let stream_version = unsigned("stream_version", raw_version)?;
+    if stream_version == 0 {
+        return Err("column `stream_version` holds 0; versions start at 1".to_owned());
+    }
+    let transaction = unsigned("transaction_id", column(row, "transaction_id")?)?;
+    let sequence = unsigned("position", column(row, "position")?)?;
+    let event_id: String = column(row, "event_id")?;
+    Ok(RecordedEvent {
+        stream_type: column(row, "stream_type")?,
+        stream_id,
+        stream_version,
+        position: Position {
+            transaction,
+            sequence,
+        },
+        event_id: uuid("event_id", &event_id)?,
+        event_type: column(row, "event_type")?,
+        schema_version: version_u32("schema_version", column(row, "schema_version")?)?,
+        payload: RawJson::from_string(column::<String>(row, "payload")?),
+        metadata: RawJson::from_string(column::<String>(row, "metadata")?),
+        recorded_at: time("recorded_at", column(row, "recorded_at")?)?,
+    })
+}
+
+/// Reads an `es_snapshots` row (all columns).
+pub(crate) fn snapshot(row: &SqliteRow) -> Result<Snapshot, StoreError> {
+    let stream_id: String = row
+        .try_get("stream_id")
+        .unwrap_or_else(|_| "<unreadable>".to_owned());
+    let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
+    let read = || -> Result<Snapshot, String> {
+        Ok(Snapshot {
+            stream_type: column(row, "stream_type")?,
+            stream_id: stream_id.clone(),
+            stream_version: unsigned("stream_version", raw_version)?,
+            state_version: version_u32("state_version", column(row, "state_version")?)?,
+            state: RawJson::from_string(column::<String>(row, "state")?),
+            taken_at: time("taken_at", column(row, "taken_at")?)?,
+        })
+    };
+    read().map_err(|reason| StoreError::CorruptRow {
+        stream_id: stream_id.clone(),
+        stream_version: raw_version,
+        reason: format!("unreadable snapshot: {reason}"),
+    })
+}
+
+/// Reads an `es_dead_letters` row (all columns).
+pub(crate) fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
+    let stream_id: String = row
+        .try_get("stream_id")
+        .unwrap_or_else(|_| "<unreadable>".to_owned());
+    let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
+    let read = || -> Result<DeadLetter, String> {
+        let event_id: String = column(row, "event_id")?;
+        Ok(DeadLetter {
+            projection: column(row, "projection")?,
+            position: Position {
+                transaction: unsigned("transaction_id", column(row, "transaction_id")?)?,
+                sequence: unsigned("position", column(row, "position")?)?,
+            },
+            event_id: uuid("event_id", &event_id)?,
+            stream_id: stream_id.clone(),
+            stream_version: unsigned("stream_version", raw_version)?,
+            event_type: column(row, "event_type")?,
+            error: column(row, "error")?,
+            attempts: u32::try_from(column::<i64>(row, "attempts")?)
+                .map_err(|_| "column `attempts` is out of range".to_owned())?,
+            parked_at: time("parked_at", column(row, "parked_at")?)?,
+        })
+    };
+    read().map_err(|reason| StoreError::CorruptRow {
+        stream_id: stream_id.clone(),
+        stream_version: raw_version,
+        reason: format!("unreadable dead letter: {reason}"),
+    })
+}
+
+/// Reads a position from two integer columns of a row that is not an event (a checkpoint).
+pub(crate) fn position(row: &SqliteRow, what: impl fmt::Display) -> Result<Position, StoreError> {
+    let read = || -> Result<Position, String> {
+        Ok(Position {
+            transaction: unsigned("transaction_id", column(row, "transaction_id")?)?,
+            sequence: unsigned("position", column(row, "position")?)?,
+        })
+    };
+    read().map_err(|reason| StoreError::backend(format!("read {what}"), InvalidValue(reason)))
+}
+
+/// A stream version read by an aggregate query such as `max(stream_version)`.
+pub(crate) fn stream_version(
+    stream_id: &str,
+    value: Option<i64>,
+) -> Result<Option<u64>, StoreError> {
+    value
+        .map(|raw| {
+            unsigned("stream_version", raw).map_err(|reason| StoreError::CorruptRow {
+                stream_id: stream_id.to_owned(),
+                stream_version: raw,
+                reason,
+            })
+        })
+        .transpose()
+}

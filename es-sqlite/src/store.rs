@@ -1,0 +1,596 @@
+//! [`SqliteStore`] and its [`EventStore`] implementation.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use es_core::{
+    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, NewEvent, Position,
+    RecordedEvent, Snapshot, StoreError, Until,
+};
+use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::open::pool_path;
+use crate::options::SqliteOptions;
+use crate::rows::{self, EVENT_COLUMNS, micros, now_micros, position_params, saturating_i64};
+
+/// How many rows a stream read fetches per query.
+const PAGE: usize = 500;
+
+/// An event store in one SQLite file (WAL mode), cheap to clone: clones share the pool, the
+/// in-process write queue and the live-append notification.
+///
+/// See the [crate documentation](crate) for the file layout and the concurrency model.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What the clones of one store share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    path: PathBuf,
+    /// Writes of this process queue here, so they meet SQLite's write lock one at a time instead
+    /// of polling for it in SQLite's busy handler.
+    pub(crate) writer: tokio::sync::Mutex<()>,
+    /// Woken after every append of this store, for live projections.
+    pub(crate) appended: tokio::sync::Notify,
+    /// This store's identity in the projection lock table: `<pid>:<uuid>`.
+    pub(crate) owner: String,
+    /// The projections a runner of this store holds.
+    pub(crate) held: Mutex<HashSet<String>>,
+    pub(crate) options: SqliteOptions,
+}
+
+impl SqliteStore {
+    /// A store on a pool you configured. Nothing is checked or created: call
+    /// [`migrate`](Self::migrate) once. Use [`connect_options`](Self::connect_options) for the
+    /// settings the store relies on (WAL and a busy timeout above all).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self::new_with(pool, SqliteOptions::default())
+    }
+
+    /// [`new`](Self::new) with options (the pool settings among them are ignored: the pool is
+    /// yours).
+    pub fn new_with(pool: SqlitePool, options: SqliteOptions) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                path: pool_path(&pool),
+                writer: tokio::sync::Mutex::new(()),
+                appended: tokio::sync::Notify::new(),
+                owner: format!("{}:{}", std::process::id(), Uuid::new_v4()),
+                held: Mutex::new(HashSet::new()),
+                options,
+            }),
+            pool,
+        }
+    }
+
+    /// The connection pool, for read models and queries of your own in the same file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    pub(crate) fn held(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set is valid whatever a panicking holder was doing: it only inserts and removes.
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last event of the log, `None` when it is empty.
+    pub(crate) async fn head(&self) -> Result<Option<Position>, StoreError> {
+        let row = sqlx::query(
+            "SELECT transaction_id, position FROM es_events ORDER BY position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| StoreError::backend("read the end of the log", error))?;
+        row.map(|row| rows::position(&row, "the end of the log"))
+            .transpose()
+    }
+
+    async fn append_batch(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let backend = |error: sqlx::Error| {
+            StoreError::backend(format!("append to stream `{stream_id}`"), error)
+        };
+        let invalid = |reason: String| StoreError::InvalidAppend {
+            stream_id: stream_id.to_owned(),
+            reason,
+        };
+        if events.is_empty() {
+            return Err(invalid("the batch is empty".to_owned()));
+        }
+        let mut seen = HashSet::with_capacity(events.len());
+        if let Some(repeated) = events.iter().find(|event| !seen.insert(event.event_id)) {
+            return Err(invalid(format!(
+                "event id {} appears twice in the batch",
+                repeated.event_id
+            )));
+        }
+        let ids: Vec<String> = events
+            .iter()
+            .map(|event| event.event_id.to_string())
+            .collect();
+        let count = i64::try_from(events.len())
+            .map_err(|_| invalid("the batch is too large".to_owned()))?;
+        // The batch travels as one JSON parameter, so that looking its ids up and inserting it
+        // are one statement each whatever its size. Payload and metadata go as JSON strings
+        // holding their text, which SQLite unwraps into exactly that text.
+        let batch: Vec<(&str, &str, u32, &str, &str)> = events
+            .iter()
+            .zip(&ids)
+            .map(|(event, id)| {
+                (
+                    id.as_str(),
+                    event.event_type.as_str(),
+                    event.schema_version,
+                    event.payload.as_str(),
+                    event.metadata.as_str(),
+                )
+            })
+            .collect();
+        let batch = serde_json::to_string(&batch).map_err(|error| {
+            StoreError::backend(format!("encode a batch for stream `{stream_id}`"), error)
+        })?;
+
+        let _writer = self.shared.writer.lock().await;
+        // IMMEDIATE takes SQLite's write lock now (waiting up to the busy timeout), so the checks
+        // below and the insert see one state that no other writer can change in between.
+        let mut transaction = begin_immediate(&self.pool).await.map_err(backend)?;
+
+        let state = sqlx::query(include_str!("sql/append_state.sql"))
+            .bind(stream_id)
+            .bind(&batch)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend)?;
+        // The idempotency check comes before the version check: a re-sent batch is not a conflict.
+        if let Some(found) = Found::read(&state).map_err(backend)? {
+            let range = previous_append(&mut transaction, stream_id, &events, &ids, found).await?;
+            return Ok(AppendOutcome::AlreadyAppended(range));
+        }
+        let current_version: Option<i64> = state.try_get("current_version").map_err(backend)?;
+        let last_position: i64 = state.try_get("last_position").map_err(backend)?;
+        let last_recorded_at: Option<i64> = state.try_get("last_recorded_at").map_err(backend)?;
+
+        let current = rows::stream_version(stream_id, current_version)?;
+        if !expected.admits(current) {
+            return Err(StoreError::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        // Only rows written by hand can bring these near `i64::MAX`; refuse rather than overflow.
+        let overflow =
+            || invalid("the stream versions or log positions would exceed 2^63 - 1".to_owned());
+        let first_version = current_version
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(overflow)?;
+        let first_position = last_position.checked_add(1).ok_or_else(overflow)?;
+        let last = count - 1;
+        let (last_version, last_sequence) = first_version
+            .checked_add(last)
+            .zip(first_position.checked_add(last))
+            .ok_or_else(overflow)?;
+        // The log's times never decrease, even when the system clock steps back, so that "as of
+        // a time" is a prefix of every stream.
+        let recorded_at = now_micros().max(last_recorded_at.unwrap_or(i64::MIN));
+        sqlx::query(include_str!("sql/insert_batch.sql"))
+            .bind(first_position)
+            .bind(stream_type)
+            .bind(stream_id)
+            .bind(first_version)
+            .bind(recorded_at)
+            .bind(&batch)
+            .execute(&mut *transaction)
+            .await
+            .map_err(|error| insert_error(error, stream_id, &events))?;
+        transaction.commit().await.map_err(backend)?;
+        drop(_writer);
+        self.shared.appended.notify_waiters();
+
+        // All four are at least 1: the casts are exact.
+        Ok(AppendOutcome::Appended(AppendedRange {
+            first_version: first_version as u64,
+            last_version: last_version as u64,
+            last_position: Position {
+                transaction: first_position as u64,
+                sequence: last_sequence as u64,
+            },
+        }))
+    }
+
+    async fn read_page(
+        &self,
+        stream_id: &str,
+        from_version: i64,
+        until_version: i64,
+        until_recorded_at: i64,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM es_events \
+             WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 AND recorded_at <= ?4 \
+             ORDER BY stream_version LIMIT ?5"
+        ))
+        .bind(stream_id)
+        .bind(from_version)
+        .bind(until_version)
+        .bind(until_recorded_at)
+        .bind(PAGE as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::backend(format!("read stream `{stream_id}`"), error))
+    }
+}
+
+/// The first of a batch's ids (in batch order) found stored, and where.
+struct Found {
+    batch_index: i64,
+    position: i64,
+    transaction: i64,
+    stream_id: String,
+    version: i64,
+}
+
+impl Found {
+    fn read(row: &SqliteRow) -> Result<Option<Self>, sqlx::Error> {
+        let Some(batch_index) = row.try_get::<Option<i64>, _>("batch_index")? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            batch_index,
+            position: row.try_get("found_position")?,
+            transaction: row.try_get("found_transaction")?,
+            stream_id: row.try_get("found_stream_id")?,
+            version: row.try_get("found_version")?,
+        }))
+    }
+}
+
+/// After one of the batch's ids was found stored: the range of the very same batch appended
+/// before (same ids in the same order, written by one append to this stream, nothing more), or
+/// [`StoreError::DuplicateEventId`].
+async fn previous_append(
+    connection: &mut sqlx::SqliteConnection,
+    stream_id: &str,
+    events: &[NewEvent],
+    ids: &[String],
+    found: Found,
+) -> Result<AppendedRange, StoreError> {
+    let backend =
+        |error: sqlx::Error| StoreError::backend(format!("append to stream `{stream_id}`"), error);
+    let event_id = usize::try_from(found.batch_index)
+        .ok()
+        .and_then(|index| events.get(index))
+        .map_or(events[0].event_id, |event| event.event_id);
+    let duplicate = || StoreError::DuplicateEventId {
+        event_id,
+        existing_stream_id: found.stream_id.clone(),
+        existing_version: u64::try_from(found.version).unwrap_or(0),
+    };
+    // The same batch starts where its first event is stored, and that is where its append
+    // started (a batch's transaction id is its first position).
+    if found.batch_index != 0 || found.stream_id != stream_id || found.position != found.transaction
+    {
+        return Err(duplicate());
+    }
+    // A batch's events have consecutive positions from its transaction id: reading one more
+    // than the batch's length tells whether the stored batch is longer.
+    let stored = sqlx::query(
+        "SELECT event_id, stream_version, position FROM es_events \
+         WHERE position BETWEEN ?1 AND ?1 + ?2 AND transaction_id = ?1 ORDER BY position",
+    )
+    .bind(found.transaction)
+    .bind(ids.len() as i64)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    let stored_ids = stored
+        .iter()
+        .map(|row| row.try_get::<String, _>("event_id"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    if stored_ids != ids {
+        return Err(duplicate());
+    }
+    let Some(last) = stored.last() else {
+        return Err(duplicate());
+    };
+    let last_version: i64 = last.try_get("stream_version").map_err(backend)?;
+    let last_position: i64 = last.try_get("position").map_err(backend)?;
+    let unsigned = |value: i64| {
+        u64::try_from(value).map_err(|_| StoreError::CorruptRow {
+            stream_id: stream_id.to_owned(),
+            stream_version: value,
+            reason: "negative version or position".to_owned(),
+        })
+    };
+    Ok(AppendedRange {
+        first_version: unsigned(found.version)?,
+        last_version: unsigned(last_version)?,
+        last_position: Position {
+            transaction: unsigned(found.transaction)?,
+            sequence: unsigned(last_position)?,
+        },
+    })
+}
+
+/// An insert rejected by a `CHECK` on the JSON columns is the caller's mistake, not the
+/// database's: name the first event whose text does not parse.
+fn insert_error(error: sqlx::Error, stream_id: &str, events: &[NewEvent]) -> StoreError {
+    let message = error
+        .as_database_error()
+        .map(|database| database.message().to_owned())
+        .unwrap_or_default();
+    let column = if message.contains("payload_is_json") {
+        "payload"
+    } else if message.contains("metadata_is_json") {
+        "metadata"
+    } else {
+        return StoreError::backend(format!("append to stream `{stream_id}`"), error);
+    };
+    let is_json = |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok();
+    let culprit = events.iter().find(|event| match column {
+        "payload" => !is_json(event.payload.as_str()),
+        _ => !is_json(event.metadata.as_str()),
+    });
+    let reason = match culprit {
+        Some(event) => format!(
+            "the {column} of event {} (`{}`) is not valid JSON",
+            event.event_id, event.event_type
+        ),
+        None => format!("the {column} of an event of the batch is not valid JSON"),
+    };
+    StoreError::InvalidAppend {
+        stream_id: stream_id.to_owned(),
+        reason,
+    }
+}
+
+/// The SQL bounds of a stream read: the last version and the latest recording time included.
+fn bounds(until: Until) -> (i64, i64) {
+    match until {
+        Until::End => (i64::MAX, i64::MAX),
+        Until::Version(version) => (saturating_i64(version), i64::MAX),
+        Until::RecordedAt(time) => (i64::MAX, micros(time)),
+    }
+}
+
+/// The state of a lazy stream read: the rows of the current page and where the next one starts.
+struct Reading {
+    next_version: i64,
+    rows: VecDeque<SqliteRow>,
+    finished: bool,
+    events: u64,
+    started: Instant,
+}
+
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let span = tracing::debug_span!(
+            "es.sqlite.append",
+            stream_type,
+            stream_id,
+            events = events.len(),
+            %expected,
+            outcome = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .append_batch(stream_type, stream_id, expected, events)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(AppendOutcome::Appended(_)) => "appended",
+            Ok(AppendOutcome::AlreadyAppended(_)) => "already appended",
+            Err(StoreError::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        span.record("outcome", outcome);
+        span.record("elapsed_us", started.elapsed().as_micros() as u64);
+        result
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+        until: Until,
+    ) -> EventStream<'a> {
+        let span = tracing::debug_span!(
+            "es.sqlite.read_stream",
+            stream_id,
+            from_version,
+            events = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty,
+        );
+        let (until_version, until_recorded_at) = bounds(until);
+        let reading = Reading {
+            next_version: saturating_i64(from_version.max(1)),
+            rows: VecDeque::new(),
+            finished: false,
+            events: 0,
+            started: Instant::now(),
+        };
+        Box::pin(futures_util::stream::unfold(reading, move |mut reading| {
+            let span = span.clone();
+            async move {
+                loop {
+                    if let Some(row) = reading.rows.pop_front() {
+                        let event = rows::recorded_event(&row);
+                        match &event {
+                            Ok(_) => reading.events += 1,
+                            // Nothing after an unreadable row is delivered: the reader stops here.
+                            Err(_) => {
+                                reading.rows.clear();
+                                reading.finished = true;
+                            }
+                        }
+                        return Some((event, reading));
+                    }
+                    if reading.finished {
+                        span.record("events", reading.events);
+                        span.record("elapsed_us", reading.started.elapsed().as_micros() as u64);
+                        return None;
+                    }
+                    let page = self
+                        .read_page(
+                            stream_id,
+                            reading.next_version,
+                            until_version,
+                            until_recorded_at,
+                        )
+                        .instrument(span.clone())
+                        .await;
+                    match page {
+                        Ok(page) => {
+                            let next = page
+                                .last()
+                                .and_then(|row| row.try_get::<i64, _>("stream_version").ok());
+                            reading.finished = page.len() < PAGE || next.is_none();
+                            reading.next_version =
+                                next.map_or(i64::MAX, |version| version.saturating_add(1));
+                            reading.rows = page.into();
+                        }
+                        Err(error) => {
+                            reading.finished = true;
+                            return Some((Err(error), reading));
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(stream_version) FROM es_events WHERE stream_id = ?1")
+                .bind(stream_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|error| {
+                    StoreError::backend(format!("read the version of stream `{stream_id}`"), error)
+                })?;
+        rows::stream_version(stream_id, version)
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let span = tracing::debug_span!(
+            "es.sqlite.read_all",
+            %after,
+            limit,
+            events = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (transaction, sequence) = position_params(after);
+        // Positions are assigned in commit order and a batch's transaction id is its first
+        // position, so `(transaction_id, position)` orders like `position`; the first condition
+        // only lets SQLite start the scan at the right place of the primary key.
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM es_events \
+             WHERE position > ?3 AND (transaction_id > ?1 OR (transaction_id = ?1 AND position > ?2)) \
+             ORDER BY position LIMIT ?4"
+        ))
+        .bind(transaction)
+        .bind(sequence)
+        .bind(transaction.min(sequence))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .instrument(span.clone())
+        .await
+        .map_err(|error| StoreError::backend("read the global log", error))?;
+        let events = rows
+            .iter()
+            .map(rows::recorded_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        span.record("events", events.len());
+        span.record("elapsed_us", started.elapsed().as_micros() as u64);
+        Ok(events)
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let stream_id = &snapshot.stream_id;
+        let _writer = self.shared.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO es_snapshots (stream_id, stream_type, stream_version, state_version, state, taken_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (stream_id) DO UPDATE SET stream_type = excluded.stream_type, \
+               stream_version = excluded.stream_version, state_version = excluded.state_version, \
+               state = excluded.state, taken_at = excluded.taken_at",
+        )
+        .bind(stream_id)
+        .bind(&snapshot.stream_type)
+        .bind(saturating_i64(snapshot.stream_version))
+        .bind(i64::from(snapshot.state_version))
+        .bind(snapshot.state.as_str())
+        .bind(micros(snapshot.taken_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| StoreError::backend(format!("save a snapshot of stream `{stream_id}`"), error))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(
+            "SELECT stream_id, stream_type, stream_version, state_version, state, taken_at \
+             FROM es_snapshots WHERE stream_id = ?1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| {
+            StoreError::backend(format!("load the snapshot of stream `{stream_id}`"), error)
+        })?;
+        row.as_ref().map(rows::snapshot).transpose()
+    }
+}
+
+/// Begins a `BEGIN IMMEDIATE` transaction on a pooled connection, in a task of its own.
+///
+/// sqlx 0.8's `begin_with` awaits once more after SQLite ran the `BEGIN`; a caller dropped at
+/// that point (a timeout, an aborted task) would leave the connection in the pool inside a
+/// transaction holding the write lock, and every later write would wait for it. In a task of its
+/// own the begin always completes, and a transaction nobody receives is rolled back on drop.
+pub(crate) async fn begin_immediate(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+        .await
+        .unwrap_or_else(|error| Err(sqlx::Error::Io(std::io::Error::other(error))))
+}

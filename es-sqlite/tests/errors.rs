@@ -1,0 +1,457 @@
+//! Bad files, bad locations, newer schemas and bad rows: each is one clear typed error, nothing
+//! is written, nothing panics (issue 5 §5, P16).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{TempDir, TempStore, raw};
+use es_core::{
+    EventStore, ExpectedVersion, LoadError, Position, RawJson, Repository, StoreError, Until,
+};
+use es_examples::bank::Account;
+use es_sqlite::{OpenError, SqliteStore};
+use futures_util::TryStreamExt;
+use sqlx::sqlite::SqlitePoolOptions;
+
+/// The names of the entries of a directory.
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .expect("the directory is readable")
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// The entries of a directory besides the `-wal` and `-shm` files SQLite keeps beside an open
+/// WAL database (it creates them merely to read one).
+fn entries_besides_wal(dir: &Path) -> BTreeSet<String> {
+    entries(dir)
+        .into_iter()
+        .filter(|name| !name.ends_with("-wal") && !name.ends_with("-shm"))
+        .collect()
+}
+
+/// Everything a database holds: the file and its write-ahead log (absent counts as empty).
+fn content(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("the database file is readable");
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    bytes.extend(std::fs::read(wal).unwrap_or_default());
+    bytes
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
+    let dir = TempDir::new();
+    let path = dir.path().join("notes.db");
+    let junk = "these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &junk).unwrap();
+
+    let error = SqliteStore::open(&path)
+        .await
+        .expect_err("junk is not a database");
+    assert!(
+        matches!(&error, OpenError::NotADatabase { path: p, .. } if *p == path),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("failed to open `{}`", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("not an SQLite database"), "{message}");
+
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        junk,
+        "the file is unchanged"
+    );
+    assert_eq!(
+        entries(dir.path()),
+        BTreeSet::from(["notes.db".to_owned()]),
+        "no -wal, -shm or journal"
+    );
+}
+
+#[tokio::test]
+async fn a_path_through_a_regular_file_cannot_be_created() {
+    let dir = TempDir::new();
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "plain text").unwrap();
+    let path = file.join("es.db");
+
+    let error = SqliteStore::open(&path)
+        .await
+        .expect_err("a file is not a directory");
+    let OpenError::CannotOpen {
+        path: reported,
+        reason,
+    } = &error
+    else {
+        panic!("expected CannotOpen, got {error:?}");
+    };
+    assert_eq!(reported, &path);
+    assert_eq!(
+        reason,
+        &format!("`{}` is a file, not a directory", file.display())
+    );
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "plain text");
+    assert_eq!(entries(dir.path()), BTreeSet::from(["file.txt".to_owned()]));
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_named_and_not_created() {
+    let dir = TempDir::new();
+    let path = dir.path().join("missing").join("deeper").join("es.db");
+    let error = SqliteStore::open(&path)
+        .await
+        .expect_err("the directory does not exist");
+    let OpenError::CannotOpen { reason, .. } = &error else {
+        panic!("expected CannotOpen, got {error:?}");
+    };
+    assert_eq!(
+        reason,
+        &format!(
+            "directory `{}` does not exist",
+            path.parent().unwrap().display()
+        )
+    );
+    assert!(entries(dir.path()).is_empty(), "nothing was created");
+}
+
+#[tokio::test]
+async fn a_directory_in_place_of_the_file_is_named() {
+    let dir = TempDir::new();
+    let error = SqliteStore::open(dir.path())
+        .await
+        .expect_err("a directory is not a database file");
+    assert!(
+        matches!(&error, OpenError::CannotOpen { reason, .. } if reason.ends_with("is a directory")),
+        "{error:?}"
+    );
+}
+
+/// Permissions do not stop root, so a read-only *connection* stands for a read-only location:
+/// SQLite reports `SQLITE_READONLY` for both, and the store must refuse before writing.
+#[tokio::test]
+async fn a_read_only_database_is_refused_before_anything_is_written() {
+    let dir = TempDir::new();
+    let path = dir.path().join("other-app.db");
+    {
+        // A database of another application: es-sqlite would have to create its tables.
+        let pool = SqlitePoolOptions::new()
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let before = content(&path);
+
+    let read_only = SqliteStore::connect_options(&path).read_only(true);
+    let pool = SqlitePoolOptions::new().connect_lazy_with(read_only);
+    let store = SqliteStore::new(pool);
+    let error = store
+        .migrate()
+        .await
+        .expect_err("a read-only database cannot be migrated");
+    store.close().await;
+    assert!(
+        matches!(&error, OpenError::ReadOnly { path: p, .. } if *p == path),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("read-only") && message.contains(&path.display().to_string()),
+        "{message}"
+    );
+
+    assert!(content(&path) == before, "the file is unchanged");
+    assert_eq!(
+        entries(dir.path()),
+        BTreeSet::from(["other-app.db".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_es_sqlite_is_refused_before_migrating() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .append(
+            "account",
+            "a",
+            ExpectedVersion::NoStream,
+            vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
+        )
+        .await
+        .unwrap();
+    // What a later release would have left: a migration this one does not know.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let before = content(&path);
+    let files = entries_besides_wal(dir.path());
+
+    let error = SqliteStore::open(&path)
+        .await
+        .expect_err("the schema is newer");
+    assert!(
+        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 1 } if *p == path),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("failed to open `{}`", path.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains("newer es-sqlite") && message.contains("9999"),
+        "{message}"
+    );
+
+    assert!(content(&path) == before, "the database is unchanged");
+    assert_eq!(entries_besides_wal(dir.path()), files);
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_events_and_migrates_nothing_twice() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(dir.db()).await.unwrap();
+    store
+        .append(
+            "account",
+            "a",
+            ExpectedVersion::NoStream,
+            vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let again = SqliteStore::open(dir.db()).await.unwrap();
+    again.migrate().await.unwrap();
+    assert_eq!(again.stream_version("a").await.unwrap(), Some(1));
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(migrations, 1);
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[tokio::test]
+async fn a_payload_that_is_not_json_is_refused_and_nothing_is_written() {
+    let store = TempStore::new().await;
+    let good = raw("Opened", serde_json::json!({ "owner": "o" }));
+    let mut bad = raw("Deposited", serde_json::json!({}));
+    bad.payload = RawJson::from_string("{\"amount\": 1");
+    let bad_id = bad.event_id;
+    let error = store
+        .append("account", "a", ExpectedVersion::NoStream, vec![good, bad])
+        .await
+        .expect_err("invalid JSON is refused");
+    let StoreError::InvalidAppend { stream_id, reason } = &error else {
+        panic!("expected InvalidAppend, got {error:?}");
+    };
+    assert_eq!(stream_id, "a");
+    assert!(
+        reason.contains(&bad_id.to_string()) && reason.contains("payload"),
+        "{reason}"
+    );
+    assert!(
+        !error.to_string().contains("amount"),
+        "messages never show payloads: {error}"
+    );
+    assert_eq!(
+        store.stream_version("a").await.unwrap(),
+        None,
+        "the whole batch was rolled back"
+    );
+
+    let mut bad_metadata = raw("Opened", serde_json::json!({}));
+    bad_metadata.metadata = RawJson::from_string("not json");
+    let error = store
+        .append(
+            "account",
+            "a",
+            ExpectedVersion::NoStream,
+            vec![bad_metadata],
+        )
+        .await
+        .expect_err("invalid metadata is refused");
+    assert!(
+        matches!(&error, StoreError::InvalidAppend { reason, .. } if reason.contains("metadata")),
+        "{error:?}"
+    );
+}
+
+/// Inserts a row by hand, bypassing the CHECK constraints, as a damaged or foreign writer would.
+async fn insert_raw_row(
+    store: &SqliteStore,
+    version: i64,
+    event_id: &str,
+    event_type: &str,
+    payload: &str,
+) {
+    let mut connection = store.pool().acquire().await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO es_events (transaction_id, stream_type, stream_id, stream_version, event_id, event_type, \
+           schema_version, payload, metadata, recorded_at) \
+         VALUES ((SELECT coalesce(max(position), 0) + 1 FROM es_events), 'account', 'acc', ?1, ?2, ?3, 1, ?4, '{}', 0)",
+    )
+    .bind(version)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(payload)
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = OFF")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+}
+
+async fn open_account(store: &SqliteStore) {
+    store
+        .append(
+            "account",
+            "acc",
+            ExpectedVersion::NoStream,
+            vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_row_is_a_typed_error_naming_stream_and_version() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    open_account(store).await;
+    insert_raw_row(
+        store,
+        2,
+        "this-is-not-a-uuid-but-36-characters",
+        "Deposited",
+        "{\"amount\": 1}",
+    )
+    .await;
+
+    let read: Vec<Result<_, _>> = store.read_stream("acc", 1, Until::End).collect_all().await;
+    assert_eq!(read.len(), 2, "the good event, then the error");
+    assert!(read[0].is_ok());
+    let Err(error) = &read[1] else {
+        panic!("expected an error, got {:?}", read[1])
+    };
+    assert!(
+        matches!(error, StoreError::CorruptRow { stream_id, stream_version: 2, reason } if stream_id == "acc" && reason.contains("event_id")),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("stream `acc`") && error.to_string().contains("version 2"),
+        "{error}"
+    );
+    assert!(matches!(
+        store.read_all(Position::START, 10).await,
+        Err(StoreError::CorruptRow { .. })
+    ));
+
+    let accounts = Repository::<Account, _>::new(store.clone());
+    let loaded = accounts.load("acc").await;
+    assert!(
+        matches!(loaded, Err(LoadError::Store(StoreError::CorruptRow { .. }))),
+        "{loaded:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_payload_or_an_unknown_type_fails_the_load_with_stream_and_version() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    open_account(store).await;
+    insert_raw_row(
+        store,
+        2,
+        &uuid::Uuid::new_v4().to_string(),
+        "Deposited",
+        "{\"amount\": ",
+    )
+    .await;
+    let accounts = Repository::<Account, _>::new(store.clone());
+    let error = accounts
+        .load("acc")
+        .await
+        .expect_err("the payload is not JSON");
+    assert!(
+        matches!(&error, LoadError::Decode { stream_id, stream_version: 2, event_type, .. } if stream_id == "acc" && event_type == "Deposited"),
+        "{error:?}"
+    );
+
+    let other = TempStore::new().await;
+    open_account(&other.store).await;
+    insert_raw_row(
+        &other.store,
+        2,
+        &uuid::Uuid::new_v4().to_string(),
+        "Teleported",
+        "{}",
+    )
+    .await;
+    let accounts = Repository::<Account, _>::new(other.store.clone());
+    let error = accounts.load("acc").await.expect_err("the type is unknown");
+    assert!(
+        matches!(&error, LoadError::Decode { stream_version: 2, event_type, .. } if event_type == "Teleported"),
+        "{error:?}"
+    );
+}
+
+/// Collects a stream's items, errors included.
+trait CollectAll {
+    async fn collect_all(self) -> Vec<Result<es_core::RecordedEvent, StoreError>>;
+}
+
+impl CollectAll for es_core::EventStream<'_> {
+    async fn collect_all(mut self) -> Vec<Result<es_core::RecordedEvent, StoreError>> {
+        let mut items = Vec::new();
+        loop {
+            match self.as_mut().try_next().await {
+                Ok(Some(event)) => items.push(Ok(event)),
+                Ok(None) => return items,
+                Err(error) => items.push(Err(error)),
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! SQLite-specific store behaviour beyond the conformance suite: the repository under
+//! contention, gap-free tailing of the log, cancelled appends, the batch rule, time travel and
+//! other processes on the same file.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::{TempStore, raw};
+use es_core::{
+    AppendOutcome, CommandContext, EventStore, ExpectedVersion, Position, RecordedEvent,
+    Repository, StoreError, Until,
+};
+use es_examples::bank::{Account, Deposit, Open};
+use es_sqlite::SqliteOptions;
+use futures_util::TryStreamExt;
+
+fn numbered(n: u64) -> es_core::NewEvent {
+    raw("Numbered", serde_json::json!({ "n": n }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tasks_times_a_hundred_deposits_on_one_account_lose_nothing() {
+    const TASKS: i64 = 8;
+    const COMMANDS: i64 = 100;
+    let temp = TempStore::new().await;
+    let accounts = Repository::<Account, _>::new(temp.store.clone()).with_max_retries(10_000);
+    accounts
+        .execute(
+            "acc-1",
+            &Open {
+                owner: "ada".into(),
+            },
+            &CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let accounts = accounts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            for command in 0..COMMANDS {
+                let amount = task * 1000 + command + 1;
+                let done = accounts
+                    .execute("acc-1", &Deposit(amount), &CommandContext::new())
+                    .await
+                    .unwrap_or_else(|error| panic!("task {task} deposit {command}: {error}"));
+                conflicts += u64::from(done.conflicts);
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await.unwrap();
+    }
+    let expected: i64 = (0..TASKS)
+        .flat_map(|task| (0..COMMANDS).map(move |c| task * 1000 + c + 1))
+        .sum();
+    let loaded = accounts.load("acc-1").await.unwrap();
+    assert_eq!(loaded.state.balance, expected, "every deposit counted once");
+    assert_eq!(loaded.state.movements, (TASKS * COMMANDS) as u64);
+    assert_eq!(loaded.version, (TASKS * COMMANDS) as u64 + 1);
+    let versions: Vec<u64> = temp
+        .store
+        .read_stream("acc-1", 1, Until::End)
+        .map_ok(|event| event.stream_version)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        (1..=(TASKS * COMMANDS) as u64 + 1).collect::<Vec<_>>()
+    );
+    println!("conflicts retried: {conflicts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailing_reader_sees_every_event_once_in_order_while_writers_commit() {
+    const WRITERS: u64 = 8;
+    const BATCHES: u64 = 30;
+    let temp = TempStore::new().await;
+    let reader_store = temp.store.clone();
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        let mut seen: Vec<RecordedEvent> = Vec::new();
+        let mut after = Position::START;
+        loop {
+            let finished = *done_rx.borrow_and_update();
+            let batch = reader_store.read_all(after, 7).await.unwrap();
+            if let Some(last) = batch.last() {
+                after = last.position;
+                seen.extend(batch);
+            } else if finished {
+                return seen;
+            } else {
+                let _ = tokio::time::timeout(Duration::from_millis(2), done_rx.changed()).await;
+            }
+        }
+    });
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let store = temp.store.clone();
+        writers.push(tokio::spawn(async move {
+            for batch in 0..BATCHES {
+                let size = 1 + (writer + batch) % 3;
+                let events = (0..size)
+                    .map(|i| numbered(writer * 10_000 + batch * 10 + i))
+                    .collect();
+                store
+                    .append(
+                        "numbers",
+                        &format!("w-{writer}"),
+                        ExpectedVersion::Any,
+                        events,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done_tx.send(true).unwrap();
+    let seen = reader.await.unwrap();
+    let log = temp
+        .store
+        .read_all(Position::START, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen, log,
+        "the tailing reader saw the whole log, in its order"
+    );
+    let ids: HashSet<_> = seen.iter().map(|event| event.event_id).collect();
+    assert_eq!(ids.len(), seen.len(), "no event twice");
+    assert!(
+        seen.windows(2)
+            .all(|pair| pair[0].position < pair[1].position)
+    );
+    let expected: u64 = (0..WRITERS)
+        .flat_map(|w| (0..BATCHES).map(move |b| 1 + (w + b) % 3))
+        .sum();
+    assert_eq!(seen.len() as u64, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_append_stores_all_of_its_batch_or_nothing_and_the_store_goes_on() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    let mut sent = BTreeMap::new();
+    for attempt in 0u64..60 {
+        let batch: Vec<_> = (0..25).map(|i| numbered(attempt * 100 + i)).collect();
+        let first_id = batch[0].event_id;
+        // Cancel at different points of the append: before, during and after its transaction.
+        let budget = Duration::from_micros(attempt * 97 % 4000);
+        let outcome = tokio::time::timeout(
+            budget,
+            store.append("numbers", "s", ExpectedVersion::Any, batch),
+        )
+        .await;
+        if let Ok(Err(error)) = &outcome {
+            panic!("attempt {attempt}: an append that was not cancelled failed: {error}");
+        }
+        sent.insert(first_id, outcome.is_ok());
+    }
+    // A dropped append may still commit a moment later, like one whose reply was lost. The
+    // store keeps working (nothing was left holding the write lock), and once this append
+    // went through, every earlier one has committed or rolled back.
+    let settled = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.append(
+            "numbers",
+            "s",
+            ExpectedVersion::Any,
+            (0..25).map(|i| numbered(9_000 + i)).collect(),
+        ),
+    )
+    .await
+    .expect("no lock was left behind")
+    .unwrap();
+    let log = store.read_all(Position::START, usize::MAX).await.unwrap();
+    assert_eq!(settled.range().last_position, log.last().unwrap().position);
+    let mut batches: BTreeMap<u64, Vec<&RecordedEvent>> = BTreeMap::new();
+    for event in &log {
+        batches
+            .entry(event.position.transaction)
+            .or_default()
+            .push(event);
+    }
+    for (transaction, events) in &batches {
+        assert_eq!(events.len(), 25, "batch {transaction} is whole");
+        let first = events[0].payload.to_value().unwrap()["n"].as_u64().unwrap();
+        let numbers: Vec<u64> = events
+            .iter()
+            .map(|e| e.payload.to_value().unwrap()["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, (first..first + 25).collect::<Vec<_>>());
+        assert!(
+            sent.contains_key(&events[0].event_id)
+                || *transaction == settled.range().last_position.transaction
+        );
+    }
+    let stored: HashSet<_> = batches.values().map(|events| events[0].event_id).collect();
+    for (first_id, acknowledged) in &sent {
+        assert!(
+            !acknowledged || stored.contains(first_id),
+            "acknowledged batch {first_id} is stored"
+        );
+    }
+    assert!(
+        sent.values().any(|&acknowledged| !acknowledged),
+        "some appends were cancelled"
+    );
+    let versions: Vec<u64> = log.iter().map(|event| event.stream_version).collect();
+    assert_eq!(
+        versions,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "versions stay contiguous"
+    );
+}
+
+#[tokio::test]
+async fn only_a_whole_batch_resent_as_it_was_counts_as_already_appended() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    let batch: Vec<_> = (1..=3).map(numbered).collect();
+    let first = store
+        .append("numbers", "s", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let later = store
+        .append("numbers", "s", ExpectedVersion::Any, vec![numbered(4)])
+        .await
+        .unwrap();
+
+    let again = store
+        .append("numbers", "s", ExpectedVersion::Exact(1), batch.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        AppendOutcome::AlreadyAppended(first.range()),
+        "the expectation is not checked on a re-send"
+    );
+    let last_alone = store
+        .append("numbers", "s", ExpectedVersion::Any, vec![numbered(5)])
+        .await
+        .unwrap();
+    assert_ne!(
+        last_alone.range().last_position,
+        later.range().last_position
+    );
+
+    // A tail of the batch was never sent as a batch of its own.
+    let tail = store
+        .append("numbers", "s", ExpectedVersion::Any, batch[1..].to_vec())
+        .await;
+    assert!(
+        matches!(&tail, Err(StoreError::DuplicateEventId { event_id, existing_version: 2, .. }) if *event_id == batch[1].event_id),
+        "{tail:?}"
+    );
+    // The same batch to another stream.
+    let elsewhere = store
+        .append("numbers", "t", ExpectedVersion::Any, batch.clone())
+        .await;
+    assert!(
+        matches!(elsewhere, Err(StoreError::DuplicateEventId { .. })),
+        "{elsewhere:?}"
+    );
+    assert_eq!(store.stream_version("s").await.unwrap(), Some(5));
+    assert_eq!(store.stream_version("t").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn time_travel_by_version_and_by_time() {
+    let temp = TempStore::new().await;
+    let accounts = Repository::<Account, _>::new(temp.store.clone());
+    let context = CommandContext::new();
+    accounts
+        .execute(
+            "acc",
+            &Open {
+                owner: "ada".into(),
+            },
+            &context,
+        )
+        .await
+        .unwrap();
+    accounts
+        .execute("acc", &Deposit(10), &context)
+        .await
+        .unwrap();
+    let events: Vec<RecordedEvent> = temp
+        .store
+        .read_stream("acc", 1, Until::End)
+        .try_collect()
+        .await
+        .unwrap();
+    let cut = events[1].recorded_at;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for amount in [20, 30, 40, 50, 60, 70] {
+        accounts
+            .execute("acc", &Deposit(amount), &context)
+            .await
+            .unwrap();
+    }
+    assert_eq!(accounts.load("acc").await.unwrap().state.balance, 280);
+    let at_three = accounts.load_at_version("acc", 3).await.unwrap();
+    assert_eq!((at_three.version, at_three.state.balance), (3, 30));
+    let at_cut = accounts.load_at_time("acc", cut).await.unwrap();
+    assert_eq!((at_cut.version, at_cut.state.balance), (2, 10));
+    let before = accounts
+        .load_at_time("acc", cut - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(before.version, 0);
+
+    let log = temp.store.read_all(Position::START, 100).await.unwrap();
+    assert!(
+        log.windows(2)
+            .all(|pair| pair[0].recorded_at <= pair[1].recorded_at),
+        "times never decrease"
+    );
+    assert!(
+        log.iter()
+            .all(|event| event.recorded_at.timestamp_subsec_nanos() % 1000 == 0),
+        "microseconds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_file_share_the_log_and_its_guarantees() {
+    let temp = TempStore::new().await;
+    let other = temp.second_instance(SqliteOptions::new()).await;
+    let mut tasks = Vec::new();
+    for (index, store) in [temp.store.clone(), other.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            let mut conflicts = 0u64;
+            while written < 40 {
+                let current = store.stream_version("shared").await.unwrap();
+                let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                match store
+                    .append(
+                        "numbers",
+                        "shared",
+                        expected,
+                        vec![numbered(index as u64 * 1000 + written)],
+                    )
+                    .await
+                {
+                    Ok(_) => written += 1,
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(error) => panic!("instance {index}: {error}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let events: Vec<RecordedEvent> = other
+        .read_stream("shared", 1, Until::End)
+        .try_collect()
+        .await
+        .unwrap();
+    let versions: Vec<u64> = events.iter().map(|event| event.stream_version).collect();
+    assert_eq!(versions, (1..=80).collect::<Vec<_>>());
+    let numbers: HashSet<u64> = events
+        .iter()
+        .map(|event| event.payload.to_value().unwrap()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers.len(),
+        80,
+        "nothing lost or doubled across instances"
+    );
+    other.close().await;
+}
