@@ -1,0 +1,61 @@
+-- One append, one statement, one round trip.
+--
+-- $1 stream type, $2 stream id, $3..$7 the batch as parallel arrays (ids, types, schema
+-- versions, payloads, metadata), $8 the expectation ('any', 'no_stream', 'stream_exists',
+-- 'exact'), $9 the exact version, $10 the notification channel.
+--
+-- The idempotency probe and the expectation are checked against this statement's snapshot.
+-- A writer that commits the same version (or event id) after that snapshot is caught by the
+-- unique indexes: this statement then fails with SQLSTATE 23505 and the caller runs it again
+-- with a fresh snapshot, so a conflict is always decided on committed data.
+WITH batch AS (
+    SELECT b.event_id, b.event_type, b.schema_version, b.payload, b.metadata, b.ordinal
+    FROM unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::text[])
+        WITH ORDINALITY AS b (event_id, event_type, schema_version, payload, metadata, ordinal)
+),
+last AS (
+    SELECT e.stream_version, e.recorded_at
+    FROM {schema}.events e
+    WHERE e.stream_id = $2
+    ORDER BY e.stream_version DESC
+    LIMIT 1
+),
+head AS (
+    SELECT
+        (SELECT stream_version FROM last) AS version,
+        -- Never earlier than the stream's previous event, so that reading "as of a time"
+        -- always yields a prefix of the stream.
+        greatest(now(), (SELECT recorded_at FROM last)) AS recorded_at,
+        EXISTS (SELECT 1 FROM {schema}.events e WHERE e.event_id = ANY ($3::uuid[])) AS reused
+),
+inserted AS (
+    INSERT INTO {schema}.events
+        (stream_type, stream_id, stream_version, event_id, event_type, schema_version,
+         payload, metadata, recorded_at)
+    SELECT $1, $2, coalesce(head.version, 0) + batch.ordinal, batch.event_id, batch.event_type,
+           batch.schema_version, batch.payload::jsonb, batch.metadata::jsonb, head.recorded_at
+    FROM head CROSS JOIN batch
+    WHERE NOT head.reused
+      AND CASE $8::text
+              WHEN 'any' THEN true
+              WHEN 'no_stream' THEN head.version IS NULL
+              WHEN 'stream_exists' THEN head.version IS NOT NULL
+              ELSE coalesce(head.version, 0) = $9::bigint
+          END
+    ORDER BY batch.ordinal
+    RETURNING stream_version, position, transaction_id
+),
+summary AS (
+    SELECT count(*) AS written,
+           max(stream_version) AS last_version,
+           max(position) AS last_position,
+           -- One transaction wrote every row: any aggregate returns its id.
+           max(transaction_id::text) AS last_transaction
+    FROM inserted
+),
+notified AS (
+    SELECT pg_notify($10, '') FROM summary WHERE summary.written > 0
+)
+SELECT head.version, head.reused, summary.written, summary.last_version, summary.last_position,
+       summary.last_transaction, (SELECT count(*) FROM notified) AS notified
+FROM head CROSS JOIN summary
