@@ -1,13 +1,15 @@
 //! Projections on the real PostgreSQL server (P14, P15), each test in a schema of its own:
 //! aborting a runner mid-batch, live tailing under concurrent writers, parking and retrying a
 //! poison event, the stop policy, a rebuild while writers append, two runners started at once,
-//! and the exactly-once effect of a read model committed with its checkpoint.
+//! the exactly-once effect of a read model committed with its checkpoint, a runner that lost its
+//! lock, skipped and undecodable events, and the cost of looking for new events.
 //!
 //! The read model is seed 000's order list plus a counter per order incremented by every event
 //! applied, so an event applied twice (or never) shows up as a wrong count.
 //!
-//! The server is the one `DATABASE_URL` names (default `postgres://postgres@127.0.0.1:5432/postgres`);
-//! when it does not answer, every test fails with a message saying how to start it.
+//! The server is the one `DATABASE_URL` names (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); when it does not answer, every test fails with
+//! a message saying how to start it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -483,10 +485,16 @@ async fn a_runner_aborted_mid_batch_and_restarted_applies_each_event_once() {
         reached.push(abort(task).await);
         tracked.probe.pause_at.store(0, Ordering::SeqCst);
     }
-    // Anywhere: in a handler, a query, a commit, or between batches.
-    for wait_ms in [170, 60, 330] {
+    // Anywhere: in a handler, a query, a commit, or between batches (after some progress, so
+    // that each run does some work whatever the machine's speed).
+    for (progress, extra_ms) in [(230, 0), (170, 3), (310, 1)] {
+        let target = tracked.probe.call_count() + progress;
         let task = spawn();
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        eventually("the restarted runner makes progress", || async {
+            tracked.probe.call_count() >= target
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(extra_ms)).await;
         reached.push(abort(task).await);
     }
     assert!(
@@ -1046,17 +1054,34 @@ async fn lock_holder(store: &PgStore, projection: &str) -> Option<i32> {
     .unwrap()
 }
 
+/// Whether `result` is a store error whose cause is es-postgres's [`es_postgres::LockLost`].
+fn lost_the_lock(result: &Result<Position, ProjectionError>) -> bool {
+    match result {
+        Err(ProjectionError::Store {
+            source: StoreError::Backend { source, .. },
+            ..
+        }) => source.downcast_ref::<es_postgres::LockLost>().is_some(),
+        _ => false,
+    }
+}
+
 /// A runner whose lock went away under it (its connection was terminated: a network cut, an
-/// idle-session timeout, an operator) while another runner took the projection over must not
-/// commit over its successor: the exactly-once effect holds even then (the SQLite store fences
-/// its commits for this; see docs/sqlite.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_that_lost_its_lock_does_not_apply_events_twice() {
+/// idle-session timeout, an operator) while a successor was started must not commit over the
+/// successor: its next commit fails with `LockLost` and rolls back, and every event is applied
+/// once (the SQLite store fences its commits the same way; see docs/sqlite.md).
+///
+/// `same_store`: the successor runs on the first runner's store (one process) rather than on a
+/// store of its own (another process).
+async fn a_runner_that_lost_its_lock(same_store: bool) {
     let first_store = testing::store().await;
-    let second_store = PgStore::new(testing::pool().await)
-        .with_schema(first_store.schema())
-        .unwrap()
-        .with_horizon_wait(testing::TEST_HORIZON_WAIT);
+    let second_store = if same_store {
+        first_store.clone()
+    } else {
+        PgStore::new(testing::pool().await)
+            .with_schema(first_store.schema())
+            .unwrap()
+            .with_horizon_wait(testing::TEST_HORIZON_WAIT)
+    };
     seed(&first_store, 0..100).await; // 400 events
     let tracked = Tracked::create(&first_store, first_store.schema(), "order_list").await;
     let successor = tracked.twin(Probe::new());
@@ -1084,12 +1109,14 @@ async fn a_runner_that_lost_its_lock_does_not_apply_events_twice() {
     })
     .await;
 
-    // A successor takes the projection over from the committed checkpoint...
+    // A successor starts: it takes the projection over from the committed checkpoint, or is
+    // refused while the first runner (of its own store) has not noticed its loss...
     let mut second = successor.runner(&second_store).batch_size(100);
     let second = tokio::spawn(async move { second.catch_up().await });
-    eventually("the successor starts handling events", || async {
-        successor.probe.call_count() > 0
-    })
+    eventually(
+        "the successor starts handling events or is refused",
+        || async { successor.probe.call_count() > 0 || second.is_finished() },
+    )
     .await;
     // ...while the first one, unaware, goes on.
     tracked.probe.resume.send_replace(true);
@@ -1101,8 +1128,16 @@ async fn a_runner_that_lost_its_lock_does_not_apply_events_twice() {
         .await
         .expect("the successor ends")
         .unwrap();
+    assert!(
+        lost_the_lock(&first),
+        "the first runner's commit is refused: {first:?}"
+    );
+    assert!(
+        second.is_ok() || matches!(second, Err(ProjectionError::AlreadyRunning { .. })),
+        "{second:?}"
+    );
 
-    // Whatever each of them reports, a runner that holds the projection finishes the job...
+    // A runner that holds the projection finishes the job...
     tracked.probe.pause_at.store(0, Ordering::SeqCst);
     tracked.runner(&first_store).catch_up().await.unwrap();
     // ...and every event was applied once.
@@ -1122,6 +1157,16 @@ async fn a_runner_that_lost_its_lock_does_not_apply_events_twice() {
          (first runner: {first:?}; successor: {second:?})"
     );
     assert_matches_the_log(&first_store, &tracked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_lock_to_another_process_does_not_apply_events_twice() {
+    a_runner_that_lost_its_lock(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_lock_within_one_process_does_not_apply_events_twice() {
+    a_runner_that_lost_its_lock(true).await;
 }
 
 /// An event of a type the projection does not consume is skipped by name, undecoded; one it
@@ -1160,13 +1205,14 @@ async fn other_types_are_skipped_and_undecodable_events_parked_without_retries()
     let tracked = Tracked::create(&store, store.schema(), "order_list").await;
     let mut runner = tracked
         .runner(&store)
-        .retry(retries(5, 200))
+        .retry(retries(5, 2_000))
         .on_failure(OnFailure::Park);
 
+    // Retrying would back off for 2 + 4 + 8 + 8 s.
     let started = Instant::now();
     let checkpoint = runner.catch_up().await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(200),
+        started.elapsed() < Duration::from_secs(2),
         "no backoff for an event that cannot decode: {:?}",
         started.elapsed()
     );
@@ -1196,5 +1242,81 @@ async fn other_types_are_skipped_and_undecodable_events_parked_without_retries()
     assert_eq!(
         tracked.counts(&store).await,
         [("order-0".to_owned(), 4, 4), ("order-1".to_owned(), 4, 4)]
+    );
+}
+
+/// `(sequential scans, rows read by them, index scans)` of the store's events table, once the
+/// statistics of the store's statement connection (the only one its pool lends out) have been
+/// flushed and show at least `scans_at_least` scans.
+async fn event_table_scans(
+    store: &PgStore,
+    observer: &sqlx::PgPool,
+    scans_at_least: i64,
+) -> (i64, i64, i64) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut latest = (0, 0, 0);
+    let started = Instant::now();
+    while started.elapsed() < PATIENCE {
+        latest = sqlx::query_as(
+            "SELECT seq_scan, seq_tup_read, coalesce(idx_scan, 0)
+             FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'events'",
+        )
+        .bind(store.schema())
+        .fetch_one(observer)
+        .await
+        .unwrap();
+        if latest.0 + latest.2 >= scans_at_least {
+            return latest;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the statistics of the events table never showed {scans_at_least} scans: {latest:?}");
+}
+
+/// A projection that has caught up looks for new events on every wake-up and every page: those
+/// looks must cost an index probe, not a scan of the whole log (else each costs time in
+/// proportion to the log's length: 35 ms per look at 100,000 events, seconds at millions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_for_new_events_at_the_end_of_the_log_does_not_scan_the_log() {
+    // Fails with the helper's message (how to start a server) when none answers.
+    let observer = testing::pool().await;
+    // Two pooled connections: the notification listener's, started first, and one for every
+    // statement, whose statistics can then be flushed on demand.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&testing::database_url())
+        .await
+        .unwrap();
+    let store = testing::store_on(pool).await;
+    store
+        .wait_for_events(Position::START, Duration::from_millis(1))
+        .await
+        .unwrap();
+    seed(&store, 0..1_250).await; // 5,000 events
+    sqlx::query(&format!("ANALYZE \"{}\".events", store.schema()))
+        .execute(&observer)
+        .await
+        .unwrap();
+    let end = log(&store).await.last().unwrap().position;
+    let (seq_before, read_before, idx_before) = event_table_scans(&store, &observer, 1).await;
+
+    for _ in 0..5 {
+        assert!(store.read_all(end, 100).await.unwrap().is_empty());
+        store
+            .wait_for_events(end, Duration::from_millis(1))
+            .await
+            .unwrap();
+    }
+    let scans_before = seq_before + idx_before;
+    let (seq, read, idx) = event_table_scans(&store, &observer, scans_before + 10).await;
+    assert!(
+        read - read_before < 5_000,
+        "10 looks past the end of a 5,000-event log read {} rows in {} sequential scans ({} index scans)",
+        read - read_before,
+        seq - seq_before,
+        idx - idx_before
     );
 }
