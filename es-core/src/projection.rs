@@ -642,17 +642,21 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         );
         let started = Instant::now();
         let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
-        let mut failed = false;
-        for event in batch {
-            if let Handled::Failed { .. } = self.handle(&mut transaction, event).await {
-                failed = true;
+        let mut failure = None;
+        for (index, event) in batch.iter().enumerate() {
+            if let Handled::Failed { error, retry } = self.handle(&mut transaction, event).await {
+                failure = Some((index, error, retry));
                 break;
             }
         }
-        if failed {
+        if let Some((failed_at, error, retry)) = failure {
             drop(transaction);
-            for event in batch {
-                self.process_alone(event).await?;
+            // The events before the failing one are redone; the failing one's attempt in the
+            // batch counts as its first.
+            let mut first_failure = Some((error, retry));
+            for (index, event) in batch.iter().enumerate() {
+                let earlier = if index == failed_at { first_failure.take() } else { None };
+                self.process_alone(event, earlier).await?;
             }
         } else {
             let name = self.projection.name().to_owned();
@@ -670,14 +674,30 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         Ok(())
     }
 
-    async fn process_alone(&mut self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+    /// Handles one event in a transaction of its own, retrying per the policy; `earlier` is a
+    /// failure it already had (in its batch), counted as the first attempt.
+    async fn process_alone(
+        &mut self,
+        event: &RecordedEvent,
+        mut earlier: Option<(HandlerError, bool)>,
+    ) -> Result<(), ProjectionError> {
         let name = self.projection.name().to_owned();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
-            let (error, retry) = match self.handle(&mut transaction, event).await {
-                Handled::Done => {
+            let outcome = match earlier.take() {
+                Some((error, retry)) => Err((error, retry)),
+                None => {
+                    let mut transaction =
+                        self.store.begin().await.map_err(|e| self.store_error(e))?;
+                    match self.handle(&mut transaction, event).await {
+                        Handled::Done => Ok(transaction),
+                        Handled::Failed { error, retry } => Err((error, retry)),
+                    }
+                }
+            };
+            let (error, retry) = match outcome {
+                Ok(mut transaction) => {
                     self.store
                         .save_checkpoint(&mut transaction, &name, event.position)
                         .await
@@ -688,9 +708,8 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                         .await
                         .map_err(|e| self.store_error(e));
                 }
-                Handled::Failed { error, retry } => (error, retry),
+                Err(failure) => failure,
             };
-            drop(transaction);
             tracing::warn!(
                 projection = %name,
                 position = %event.position,
