@@ -655,7 +655,11 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             // batch counts as its first.
             let mut first_failure = Some((error, retry));
             for (index, event) in batch.iter().enumerate() {
-                let earlier = if index == failed_at { first_failure.take() } else { None };
+                let earlier = if index == failed_at {
+                    first_failure.take()
+                } else {
+                    None
+                };
                 self.process_alone(event, earlier).await?;
             }
         } else {

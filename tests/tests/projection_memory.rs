@@ -172,7 +172,11 @@ async fn a_poison_event_is_parked_after_its_attempts_and_retried_once_fixed() {
     );
     // 3 handled in the failed batch (the poison's 1st attempt), then one at a time: the two
     // before it redone, the poison's attempts 2 and 3, the one after it.
-    assert_eq!(balances.handled(), 3 + 2 + 2 + 1, "the poison event is tried 3 times in all");
+    assert_eq!(
+        balances.handled(),
+        3 + 2 + 2 + 1,
+        "the poison event is tried 3 times in all"
+    );
     let parked = runner.parked().await.unwrap();
     assert_eq!(parked.len(), 1);
     let letter = &parked[0];
