@@ -31,15 +31,18 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
         .expect("checked: the event enum is given");
     // Spanned on the event type, so a missing `Apply` implementation is reported at
     // `event = OrderEvent`, naming the aggregate and the event.
-    let dispatch = quote_spanned!(event.span()=> <#event as #private::Dispatch<Self>>::dispatch(__es_event, self));
+    let dispatch = quote_spanned!(event.span()=> <#event as #private::Dispatch<Self>>::dispatch);
+    let dispatch = quote!(#dispatch(__es_event, self));
     let state_version = input
         .state_version
         .as_ref()
         .map_or(1, |(_, version)| version.value);
     let snapshots = input.snapshot_every.as_ref().map(|(key, every)| {
         let every = every.value;
-        let encode = quote_spanned!(key.span()=> #private::encode::<Self>(self));
-        let decode = quote_spanned!(key.span()=> #private::serde_json::from_str::<Self>(__es_state));
+        let encode = quote_spanned!(key.span()=> #private::encode::<Self>);
+        let encode = quote!(#encode(self));
+        let decode = quote_spanned!(key.span()=> #private::serde_json::from_str::<Self>);
+        let decode = quote!(#decode(__es_state));
         quote! {
             const SNAPSHOT_EVERY: ::core::option::Option<u64> = ::core::option::Option::Some(#every);
             const STATE_VERSION: u32 = #state_version;
@@ -57,6 +60,15 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
             }
         }
     });
+    // The impl carries the struct's span (a missing `Default` is reported there); the method,
+    // built apart, keeps call-site hygiene for `self` and its locals, so the derive also works
+    // on a struct written by `macro_rules!`.
+    let apply_event = quote! {
+        #[inline]
+        fn apply_event(&mut self, __es_event: &Self::Event) {
+            #dispatch
+        }
+    };
     quote_spanned! {ident.span()=>
         #[doc(hidden)]
         const _: () = {
@@ -65,10 +77,7 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
                 const NAME: &'static str = #name;
                 type Event = #event;
 
-                #[inline]
-                fn apply_event(&mut self, __es_event: &Self::Event) {
-                    #dispatch
-                }
+                #apply_event
 
                 #snapshots
             }

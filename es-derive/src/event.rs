@@ -126,7 +126,8 @@ fn expand(input: &EventEnum<'_>) -> TokenStream {
         let variant_ident = &variant.original.ident;
         match variant.shape {
             Shape::Newtype(ty) => {
-                let call = quote_spanned!(ty.span()=> #private::encode::<#ty>(__es_payload));
+                let encode = quote_spanned!(ty.span()=> #private::encode::<#ty>);
+                let call = quote!(#encode(__es_payload));
                 quote!(Self::#variant_ident(__es_payload) => #call,)
             }
             _ => quote!(Self::#variant_ident => ::core::result::Result::Ok(#private::unit_payload()),),
@@ -140,7 +141,8 @@ fn expand(input: &EventEnum<'_>) -> TokenStream {
         .map(|((variant, name), version)| decode_arm(&private, variant, name, *version));
     let schemas = input.variants.iter().zip(&names).zip(&versions).map(|((variant, name), version)| {
         let schema = |ty: &syn::Type, version: u32| {
-            let call = quote_spanned!(ty.span()=> #private::schema::<#ty>(__es_generator));
+            let schema = quote_spanned!(ty.span()=> #private::schema::<#ty>);
+            let call = quote!(#schema(__es_generator));
             quote!(#private::EventSchema { event_type: #name, version: #version, schema: #call })
         };
         match variant.shape {
@@ -274,16 +276,27 @@ fn decode_arm(
         let from = steps[index].version.value;
         let mut body = {
             let ty = &steps[index].ty;
-            let decode = quote_spanned!(ty.span()=> #private::decode::<#ty>(#name, __es_version, __es_payload));
+            let decode = quote_spanned!(ty.span()=> #private::decode::<#ty>);
+            let decode = quote!(#decode(#name, __es_version, __es_payload));
             quote!(let __es_value = #decode?;)
         };
+        // Locals keep call-site hygiene inside calls spanned on the user's tokens.
+        let value = quote!(__es_value);
         for (position, step) in steps.iter().enumerate().skip(index) {
             let next_ty = steps.get(position + 1).map_or(current_ty, |next| &next.ty);
             let convert = match &step.function {
-                Some(function) => quote_spanned!(function.span()=> #function(__es_value)),
+                Some(function) => quote_spanned!(function.span()=> #function(#value)),
                 None => {
                     let from_ty = &step.ty;
-                    quote_spanned!(from_ty.span()=> #private::UpcastFrom::<#from_ty>::upcast_from(__es_value))
+                    {
+                        // A typed path, spanned on the user's type, carries the `From` obligation
+                        // (so its error points there) without touching a local.
+                        let step = quote_spanned!(from_ty.span()=> #private::UpcastFrom::<#from_ty>::upcast_from);
+                        quote!({
+                            let __es_step: fn(#from_ty) -> #next_ty = #step;
+                            __es_step(#value)
+                        })
+                    }
                 }
             };
             body.extend(quote!(let __es_value: #next_ty = #convert;));
@@ -295,7 +308,8 @@ fn decode_arm(
             }
         }
     });
-    let decode_current = quote_spanned!(current_ty.span()=> #private::decode::<#current_ty>(#name, __es_version, __es_payload));
+    let decode_current = quote_spanned!(current_ty.span()=> #private::decode::<#current_ty>);
+    let decode_current = quote!(#decode_current(#name, __es_version, __es_payload));
     quote! {
         #name #(| #aliases)* => match __es_version {
             #version => ::core::result::Result::Ok(Self::#variant_ident(#decode_current?)),

@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::read::{position, version};
 use crate::store::PgStore;
 
-/// The constraints whose violation means "another writer got there first": the stream key and
-/// the event id.
-const RACE_CONSTRAINTS: [&str; 2] = ["events_pkey", "events_event_id_key"];
+/// The stream key: its violation means another writer committed this version first.
+const VERSION_KEY: &str = "events_pkey";
+
+/// The event id key: its violation means one of the batch's ids is stored.
+const EVENT_ID_KEY: &str = "events_event_id_key";
 
 pub(crate) async fn append(
     store: &PgStore,
@@ -140,7 +142,8 @@ async fn append_checked(
             .await;
         let row = match result {
             Ok(row) => row,
-            Err(error) if is_race(&error) => {
+            // Another writer committed this version first: decide again on a fresh snapshot.
+            Err(error) if is_race(&error, VERSION_KEY) => {
                 tracing::debug!(
                     stream_id,
                     attempts,
@@ -148,29 +151,34 @@ async fn append_checked(
                 );
                 continue;
             }
+            // One of the batch's ids is stored: the same batch re-sent, or a reused id.
+            Err(error) if is_race(&error, EVENT_ID_KEY) => {
+                match classify(store, stream_id, &ids).await? {
+                    Some(outcome) => return Ok(outcome),
+                    None => continue,
+                }
+            }
             Err(error) => return Err(map_error(error, stream_id)),
         };
         let reply = |e| StoreError::backend(operation(), e);
         let current: Option<i64> = row.try_get(0).map_err(reply)?;
-        let reused: bool = row.try_get(1).map_err(reply)?;
-        let written: i64 = row.try_get(2).map_err(reply)?;
+        let written: i64 = row.try_get(1).map_err(reply)?;
         let current = current.map(|v| version(v, stream_id)).transpose()?;
-        if reused {
-            match classify(store, stream_id, &ids).await? {
-                Some(outcome) => return Ok(outcome),
-                None => continue,
-            }
-        }
         if written == 0 {
+            // The expectation does not hold; but a re-sent batch is not a conflict, so the
+            // ids are looked up first (the idempotency check comes before the version check).
+            if let Some(outcome) = classify(store, stream_id, &ids).await? {
+                return Ok(outcome);
+            }
             return Err(StoreError::Conflict {
                 stream_id: stream_id.to_owned(),
                 expected,
                 actual: current,
             });
         }
-        let last_version: Option<i64> = row.try_get(3).map_err(reply)?;
-        let last_position: Option<i64> = row.try_get(4).map_err(reply)?;
-        let last_transaction: Option<String> = row.try_get(5).map_err(reply)?;
+        let last_version: Option<i64> = row.try_get(2).map_err(reply)?;
+        let last_position: Option<i64> = row.try_get(3).map_err(reply)?;
+        let last_transaction: Option<String> = row.try_get(4).map_err(reply)?;
         let (Some(last_version), Some(last_position), Some(last_transaction)) =
             (last_version, last_position, last_transaction)
         else {
@@ -199,14 +207,12 @@ async fn append_checked(
     }
 }
 
-/// Whether the error is a unique violation caused by a concurrent writer.
-fn is_race(error: &sqlx::Error) -> bool {
+/// Whether `error` is a unique violation of `constraint` (caused by a concurrent writer or by a
+/// stored event id).
+fn is_race(error: &sqlx::Error, constraint: &str) -> bool {
     match error {
         sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("23505")
-                && db
-                    .constraint()
-                    .is_some_and(|c| RACE_CONSTRAINTS.contains(&c))
+            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
         }
         _ => false,
     }
@@ -244,7 +250,10 @@ async fn classify(
     ids: &[Uuid],
 ) -> Result<Option<AppendOutcome>, StoreError> {
     let operation = || format!("append to stream `{stream_id}`");
+    // Not a prepared statement: planned for these ids and the table as it is now. A cached
+    // generic plan, made while the table was small, would scan the whole log.
     let rows = sqlx::query(&store.inner.sql.classify)
+        .persistent(false)
         .bind(ids)
         .fetch_all(&store.inner.pool)
         .await

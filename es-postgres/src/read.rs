@@ -71,15 +71,18 @@ pub(crate) fn decode_event(
     row: &PgRow,
     requested_stream: &str,
 ) -> Result<RecordedEvent, StoreError> {
+    // The statements cast every column to the type read here (`sql::EVENT_COLUMNS`), so the
+    // per-value type check of `try_get` (a comparison of type descriptions, most of the cost of
+    // reading a row) is skipped; a value that does not decode is still an error, never a panic.
     // Stream and version first, so later errors can name them.
-    let stream_id: String = row.try_get(1).map_err(|e| {
+    let stream_id: String = row.try_get_unchecked(1).map_err(|e| {
         corrupt(
             requested_stream,
             0,
             format!("the stream id is unreadable: {e}"),
         )
     })?;
-    let stored_version: i64 = row.try_get(2).map_err(|e| {
+    let stored_version: i64 = row.try_get_unchecked(2).map_err(|e| {
         corrupt(
             &stream_id,
             0,
@@ -90,9 +93,15 @@ pub(crate) fn decode_event(
         corrupt(&stream_id, stored_version, format!("column {name}: {e}"))
     };
     let stream_version = version(stored_version, &stream_id)?;
-    let sequence: i64 = row.try_get(3).map_err(|e| column("position", e))?;
-    let transaction: String = row.try_get(4).map_err(|e| column("transaction_id", e))?;
-    let schema_version: i64 = row.try_get(7).map_err(|e| column("schema_version", e))?;
+    let sequence: i64 = row
+        .try_get_unchecked(3)
+        .map_err(|e| column("position", e))?;
+    let transaction: &str = row
+        .try_get_unchecked(4)
+        .map_err(|e| column("transaction_id", e))?;
+    let schema_version: i64 = row
+        .try_get_unchecked(7)
+        .map_err(|e| column("schema_version", e))?;
     let schema_version = u32::try_from(schema_version).map_err(|_| {
         corrupt(
             &stream_id,
@@ -100,17 +109,27 @@ pub(crate) fn decode_event(
             "the schema version is not a 32-bit unsigned number",
         )
     })?;
-    let payload: String = row.try_get(8).map_err(|e| column("payload", e))?;
-    let metadata: String = row.try_get(9).map_err(|e| column("metadata", e))?;
+    let payload: String = row.try_get_unchecked(8).map_err(|e| column("payload", e))?;
+    let metadata: String = row
+        .try_get_unchecked(9)
+        .map_err(|e| column("metadata", e))?;
     Ok(RecordedEvent {
-        stream_type: row.try_get(0).map_err(|e| column("stream_type", e))?,
-        position: position(&transaction, sequence, &stream_id, stored_version)?,
-        event_id: row.try_get(5).map_err(|e| column("event_id", e))?,
-        event_type: row.try_get(6).map_err(|e| column("event_type", e))?,
+        stream_type: row
+            .try_get_unchecked(0)
+            .map_err(|e| column("stream_type", e))?,
+        position: position(transaction, sequence, &stream_id, stored_version)?,
+        event_id: row
+            .try_get_unchecked(5)
+            .map_err(|e| column("event_id", e))?,
+        event_type: row
+            .try_get_unchecked(6)
+            .map_err(|e| column("event_type", e))?,
         schema_version,
         payload: RawJson::from_string(payload),
         metadata: RawJson::from_string(metadata),
-        recorded_at: row.try_get(10).map_err(|e| column("recorded_at", e))?,
+        recorded_at: row
+            .try_get_unchecked(10)
+            .map_err(|e| column("recorded_at", e))?,
         stream_version,
         stream_id,
     })

@@ -47,9 +47,10 @@
 //!
 //! # Concurrency
 //!
-//! SQLite has one writer at a time. Every append runs in a `BEGIN IMMEDIATE` transaction, which
-//! takes the write lock before reading anything, so the version check, the idempotency check
-//! and the inserts see one state: expected-version conflicts are exact. Writes of one store
+//! SQLite has one writer at a time. Every append takes the write lock before reading anything
+//! (a `BEGIN IMMEDIATE` transaction, or for a single event one statement that is its own
+//! transaction), so the version check, the idempotency check and the inserts see one state:
+//! expected-version conflicts are exact. Writes of one store
 //! (and its clones) queue in process first; writers in other processes wait in SQLite's busy
 //! handler up to the busy timeout ([`SqliteOptions::busy_timeout`], 30 s). Reads run in
 //! parallel with the writer.

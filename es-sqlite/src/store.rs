@@ -2,7 +2,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
 
 use es_core::{
@@ -20,6 +20,31 @@ use crate::rows::{self, EVENT_COLUMNS, micros, now_micros, position_params, satu
 
 /// How many rows a stream read fetches per query.
 const PAGE: usize = 500;
+
+/// The rows of a stream read: `?1` stream, `?2`..`?3` versions, `?4` latest recording time.
+const READ_STREAM_FILTER: &str =
+    "stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 AND recorded_at <= ?4";
+
+/// A page of a stream read as one JSON value (see [`rows::page_query`]); `?5` the page size.
+static READ_STREAM_PAGE: LazyLock<String> =
+    LazyLock::new(|| rows::page_query(READ_STREAM_FILTER, "stream_version", "?5"));
+
+/// The global log after a position: `?1`, `?2` the position, `?3` the smaller of the two (see
+/// `read_all`).
+const READ_ALL_FILTER: &str =
+    "position > ?3 AND (transaction_id > ?1 OR (transaction_id = ?1 AND position > ?2))";
+
+/// A page of the global log as one JSON value; `?4` the page size.
+static READ_ALL_PAGE: LazyLock<String> =
+    LazyLock::new(|| rows::page_query(READ_ALL_FILTER, "position", "?4"));
+
+/// One page of a stream read, converted: its events (up to the first unreadable row), whether
+/// it was full (more may follow) and the version of its last row.
+struct Page {
+    events: VecDeque<Result<RecordedEvent, StoreError>>,
+    full: bool,
+    last_version: Option<i64>,
+}
 
 /// An event store in one SQLite file (WAL mode), cheap to clone: clones share the pool, the
 /// in-process write queue and the live-append notification.
@@ -152,6 +177,29 @@ impl SqliteStore {
         })?;
 
         let _writer = self.shared.writer.lock().await;
+        let fast = match events.as_slice() {
+            [event] => {
+                self.append_one(stream_type, stream_id, expected, event, &ids[0])
+                    .await?
+            }
+            _ => {
+                self.append_many(stream_type, stream_id, expected, &events, &batch)
+                    .await?
+            }
+        };
+        if let Some(range) = fast {
+            drop(_writer);
+            self.shared.appended.notify_waiters();
+            return Ok(AppendOutcome::Appended(range));
+        }
+        // Nothing written. Under contention that is mostly a conflict: tell it with one read,
+        // outside the write lock, rather than with a write transaction.
+        drop(_writer);
+        if let Some(conflict) = self.plain_conflict(stream_id, expected, &batch).await? {
+            return Err(conflict);
+        }
+        let _writer = self.shared.writer.lock().await;
+
         // IMMEDIATE takes SQLite's write lock now (waiting up to the busy timeout), so the checks
         // below and the insert see one state that no other writer can change in between.
         let mut transaction = begin_immediate(&self.pool).await.map_err(backend)?;
@@ -220,26 +268,245 @@ impl SqliteStore {
         }))
     }
 
+    /// The common case in one statement and one round trip: a single event appended to a stream
+    /// in the expected state, with no reused id. The statement runs in its own transaction,
+    /// which takes SQLite's write lock before it reads, like `BEGIN IMMEDIATE`. `None` when it
+    /// wrote nothing because the expectation does not hold or a number would overflow, and when
+    /// the event id is already stored: the general path then decides what happened (a re-sent
+    /// batch, a conflict, an id used elsewhere), under the same in-process writer lock.
+    async fn append_one(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        event: &NewEvent,
+        event_id: &str,
+    ) -> Result<Option<AppendedRange>, StoreError> {
+        let (kind, exact) = match expected {
+            ExpectedVersion::Any => ("any", 0),
+            ExpectedVersion::NoStream => ("no_stream", 0),
+            ExpectedVersion::StreamExists => ("stream_exists", 0),
+            ExpectedVersion::Exact(version) => ("exact", saturating_i64(version)),
+        };
+        let inserted = sqlx::query(include_str!("sql/append_one.sql"))
+            .bind(stream_type)
+            .bind(stream_id)
+            .bind(kind)
+            .bind(exact)
+            .bind(event_id)
+            .bind(&event.event_type)
+            .bind(i64::from(event.schema_version))
+            .bind(event.payload.as_str())
+            .bind(event.metadata.as_str())
+            .bind(now_micros())
+            .fetch_optional(&self.pool)
+            .await;
+        let row = match inserted {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            Err(error)
+                if error
+                    .as_database_error()
+                    .is_some_and(|database| database.is_unique_violation()) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(insert_error(error, stream_id, std::slice::from_ref(event))),
+        };
+        let backend = |error: sqlx::Error| {
+            StoreError::backend(format!("append to stream `{stream_id}`"), error)
+        };
+        let version: i64 = row.try_get(0).map_err(backend)?;
+        let position: i64 = row.try_get(1).map_err(backend)?;
+        let unsigned = |value: i64| {
+            u64::try_from(value).map_err(|_| StoreError::CorruptRow {
+                stream_id: stream_id.to_owned(),
+                stream_version: version,
+                reason: "the append returned a negative version or position".to_owned(),
+            })
+        };
+        Ok(Some(AppendedRange {
+            first_version: unsigned(version)?,
+            last_version: unsigned(version)?,
+            last_position: Position {
+                transaction: unsigned(position)?,
+                sequence: unsigned(position)?,
+            },
+        }))
+    }
+
+    /// A batch of several events in one statement and one round trip, when the expectation names
+    /// the stream's version (`Exact`, `NoStream`): the batch's versions are then known before it
+    /// is written, and its positions follow from the last one inserted, so the statement need
+    /// not return its rows. `None` (without a round trip for `Any` and `StreamExists`) when it
+    /// wrote nothing or met a stored event id: the general path decides, as for one event.
+    async fn append_many(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        batch: &str,
+    ) -> Result<Option<AppendedRange>, StoreError> {
+        let base = match expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(version) => match i64::try_from(version) {
+                Ok(version) => version,
+                Err(_) => return Ok(None),
+            },
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => return Ok(None),
+        };
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let inserted = sqlx::query(include_str!("sql/append_many.sql"))
+            .bind(stream_type)
+            .bind(stream_id)
+            .bind(batch)
+            .bind(now_micros())
+            .bind(base)
+            .bind(count)
+            .execute(&self.pool)
+            .await;
+        let done = match inserted {
+            Ok(done) => done,
+            Err(error)
+                if error
+                    .as_database_error()
+                    .is_some_and(|database| database.is_unique_violation()) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(insert_error(error, stream_id, events)),
+        };
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let unexpected = |reason: String| {
+            StoreError::backend(
+                format!("append to stream `{stream_id}`"),
+                rows::InvalidValue(reason),
+            )
+        };
+        if done.rows_affected() != events.len() as u64 {
+            return Err(unexpected(format!(
+                "the append wrote {} of {} events",
+                done.rows_affected(),
+                events.len()
+            )));
+        }
+        // Positions are consecutive from the batch's first, which is its transaction id.
+        let last_position = done.last_insert_rowid();
+        let first_position = last_position - (count - 1);
+        let (Ok(first_position), Ok(last_position)) =
+            (u64::try_from(first_position), u64::try_from(last_position))
+        else {
+            return Err(unexpected(
+                "the append returned a negative position".to_owned(),
+            ));
+        };
+        let first_version = base as u64 + 1;
+        Ok(Some(AppendedRange {
+            first_version,
+            last_version: first_version + (count as u64 - 1),
+            last_position: Position {
+                transaction: first_position,
+                sequence: last_position,
+            },
+        }))
+    }
+
+    /// After the one-statement path wrote nothing: `Some(conflict)` when none of the batch's ids
+    /// is stored and the expectation fails on the stream's version as it is now, `None` when only
+    /// the general path can tell (an id is stored: a re-send or a reused id; or the expectation
+    /// holds now, or may hold later).
+    ///
+    /// Versions only grow, so an `Exact` or `NoStream` expectation that fails now failed when the
+    /// statement ran too: the conflict is real, and reported with the version read now.
+    async fn plain_conflict(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        batch: &str,
+    ) -> Result<Option<StoreError>, StoreError> {
+        if !matches!(
+            expected,
+            ExpectedVersion::Exact(_) | ExpectedVersion::NoStream
+        ) {
+            return Ok(None);
+        }
+        let backend = |error: sqlx::Error| {
+            StoreError::backend(format!("append to stream `{stream_id}`"), error)
+        };
+        let row = sqlx::query(
+            "SELECT (SELECT max(stream_version) FROM es_events WHERE stream_id = ?1), \
+               EXISTS (SELECT 1 FROM json_each(?2) AS batch \
+                       JOIN es_events AS e ON e.event_id = batch.value ->> 0)",
+        )
+        .bind(stream_id)
+        .bind(batch)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let current: Option<i64> = row.try_get(0).map_err(backend)?;
+        let stored: bool = row.try_get(1).map_err(backend)?;
+        let current = rows::stream_version(stream_id, current)?;
+        if stored || expected.admits(current) {
+            return Ok(None);
+        }
+        Ok(Some(StoreError::Conflict {
+            stream_id: stream_id.to_owned(),
+            expected,
+            actual: current,
+        }))
+    }
+
     async fn read_page(
         &self,
         stream_id: &str,
         from_version: i64,
         until_version: i64,
         until_recorded_at: i64,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM es_events \
-             WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 AND recorded_at <= ?4 \
-             ORDER BY stream_version LIMIT ?5"
-        ))
-        .bind(stream_id)
-        .bind(from_version)
-        .bind(until_version)
-        .bind(until_recorded_at)
-        .bind(PAGE as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|error| StoreError::backend(format!("read stream `{stream_id}`"), error))
+    ) -> Result<Page, StoreError> {
+        let backend =
+            |error: sqlx::Error| StoreError::backend(format!("read stream `{stream_id}`"), error);
+        let row = sqlx::query(&READ_STREAM_PAGE)
+            .bind(stream_id)
+            .bind(from_version)
+            .bind(until_version)
+            .bind(until_recorded_at)
+            .bind(PAGE as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let rows: i64 = row.try_get("rows").map_err(backend)?;
+        let last_version: Option<i64> = row.try_get("last_version").map_err(backend)?;
+        let parsed = row
+            .try_get::<&str, _>("page")
+            .ok()
+            .and_then(rows::page_events);
+        let events = match parsed {
+            Some(events) => events,
+            // The page does not parse as JSON: read it row by row to name the unreadable row.
+            None => sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE {READ_STREAM_FILTER} \
+                 ORDER BY stream_version LIMIT ?5"
+            ))
+            .bind(stream_id)
+            .bind(from_version)
+            .bind(until_version)
+            .bind(until_recorded_at)
+            .bind(PAGE as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(rows::recorded_event)
+            .collect(),
+        };
+        Ok(Page {
+            events: events.into(),
+            full: rows >= PAGE as i64,
+            last_version,
+        })
     }
 }
 
@@ -379,7 +646,7 @@ fn bounds(until: Until) -> (i64, i64) {
 /// The state of a lazy stream read: the rows of the current page and where the next one starts.
 struct Reading {
     next_version: i64,
-    rows: VecDeque<SqliteRow>,
+    rows: VecDeque<Result<RecordedEvent, StoreError>>,
     finished: bool,
     events: u64,
     started: Instant,
@@ -443,8 +710,7 @@ impl EventStore for SqliteStore {
             let span = span.clone();
             async move {
                 loop {
-                    if let Some(row) = reading.rows.pop_front() {
-                        let event = rows::recorded_event(&row);
+                    if let Some(event) = reading.rows.pop_front() {
                         match &event {
                             Ok(_) => reading.events += 1,
                             // Nothing after an unreadable row is delivered: the reader stops here.
@@ -471,13 +737,11 @@ impl EventStore for SqliteStore {
                         .await;
                     match page {
                         Ok(page) => {
-                            let next = page
-                                .last()
-                                .and_then(|row| row.try_get::<i64, _>("stream_version").ok());
-                            reading.finished = page.len() < PAGE || next.is_none();
+                            let next = page.last_version;
+                            reading.finished = !page.full || next.is_none();
                             reading.next_version =
                                 next.map_or(i64::MAX, |version| version.saturating_add(1));
-                            reading.rows = page.into();
+                            reading.rows = page.events;
                         }
                         Err(error) => {
                             reading.finished = true;
@@ -521,23 +785,39 @@ impl EventStore for SqliteStore {
         // Positions are assigned in commit order and a batch's transaction id is its first
         // position, so `(transaction_id, position)` orders like `position`; the first condition
         // only lets SQLite start the scan at the right place of the primary key.
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM es_events \
-             WHERE position > ?3 AND (transaction_id > ?1 OR (transaction_id = ?1 AND position > ?2)) \
-             ORDER BY position LIMIT ?4"
-        ))
-        .bind(transaction)
-        .bind(sequence)
-        .bind(transaction.min(sequence))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .instrument(span.clone())
-        .await
-        .map_err(|error| StoreError::backend("read the global log", error))?;
-        let events = rows
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let backend = |error: sqlx::Error| StoreError::backend("read the global log", error);
+        let page = sqlx::query(&READ_ALL_PAGE)
+            .bind(transaction)
+            .bind(sequence)
+            .bind(transaction.min(sequence))
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .instrument(span.clone())
+            .await
+            .map_err(backend)?;
+        let parsed = page
+            .try_get::<&str, _>("page")
+            .ok()
+            .and_then(rows::page_events);
+        let events = match parsed {
+            Some(events) => events.into_iter().collect::<Result<Vec<_>, _>>()?,
+            // The page does not parse as JSON: read it row by row to name the unreadable row.
+            None => sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE {READ_ALL_FILTER} \
+                 ORDER BY position LIMIT ?4"
+            ))
+            .bind(transaction)
+            .bind(sequence)
+            .bind(transaction.min(sequence))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
             .iter()
             .map(rows::recorded_event)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?,
+        };
         span.record("events", events.len());
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         Ok(events)

@@ -455,3 +455,34 @@ impl CollectAll for es_core::EventStream<'_> {
         }
     }
 }
+
+/// Text that SQLite's JSON cannot carry (invalid UTF-8) makes a page unparsable as one value:
+/// the store reads that page row by row and still delivers the good events, then names the row.
+#[tokio::test]
+async fn a_row_of_invalid_utf8_is_named_after_the_good_events() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    open_account(store).await;
+    sqlx::query(
+        "INSERT INTO es_events (position, transaction_id, stream_type, stream_id, stream_version, \
+           event_id, event_type, schema_version, payload, metadata, recorded_at) \
+         VALUES (2, 2, 'account', 'acc', 2, ?1, CAST(x'ff' AS TEXT), 1, '{}', '{}', 0)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    let read: Vec<Result<_, _>> = store.read_stream("acc", 1, Until::End).collect_all().await;
+    assert_eq!(read.len(), 2, "the good event, then the error: {read:?}");
+    assert!(read[0].is_ok());
+    assert!(
+        matches!(&read[1], Err(StoreError::CorruptRow { stream_id, stream_version: 2, reason }) if stream_id == "acc" && reason.contains("event_type")),
+        "{:?}",
+        read[1]
+    );
+    assert!(matches!(
+        store.read_all(Position::START, 10).await,
+        Err(StoreError::CorruptRow { .. })
+    ));
+}

@@ -382,3 +382,204 @@ async fn two_instances_on_one_file_share_the_log_and_its_guarantees() {
     );
     other.close().await;
 }
+
+/// A single event takes the one-statement path; re-sending it, a conflict and a stream whose
+/// version cannot grow still get the general path's answers.
+#[tokio::test]
+async fn a_single_event_append_answers_like_a_batch() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    let one = numbered(1);
+    let first = store
+        .append("numbers", "s", ExpectedVersion::NoStream, vec![one.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(first, AppendOutcome::Appended(_)));
+    assert_eq!(
+        (first.range().first_version, first.range().last_version),
+        (1, 1)
+    );
+    assert_eq!(
+        first.range().last_position.transaction,
+        first.range().last_position.sequence
+    );
+    // Re-sent with an expectation that no longer holds, then with one that does.
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+        let again = store
+            .append("numbers", "s", expected, vec![one.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            AppendOutcome::AlreadyAppended(first.range()),
+            "{expected}"
+        );
+    }
+    let conflict = store
+        .append("numbers", "s", ExpectedVersion::Exact(5), vec![numbered(2)])
+        .await;
+    assert!(
+        matches!(
+            conflict,
+            Err(StoreError::Conflict {
+                actual: Some(1),
+                ..
+            })
+        ),
+        "{conflict:?}"
+    );
+    let second = store
+        .append("numbers", "s", ExpectedVersion::Exact(1), vec![numbered(2)])
+        .await
+        .unwrap();
+    assert_eq!(second.range().last_version, 2);
+    assert_eq!(
+        second.range().last_position.sequence,
+        first.range().last_position.sequence + 1
+    );
+
+    // A stream at the largest version, written by hand: the append is refused, not wrapped.
+    sqlx::query(
+        "INSERT INTO es_events (position, transaction_id, stream_type, stream_id, stream_version, \
+           event_id, event_type, schema_version, payload, metadata, recorded_at) \
+         VALUES (100, 100, 'numbers', 'full', 9223372036854775807, ?1, 'Numbered', 1, '{}', '{}', 0)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let overflow = store
+        .append("numbers", "full", ExpectedVersion::Any, vec![numbered(3)])
+        .await;
+    assert!(
+        matches!(&overflow, Err(StoreError::InvalidAppend { reason, .. }) if reason.contains("exceed")),
+        "{overflow:?}"
+    );
+    let log = store.read_all(Position::START, 100).await.unwrap();
+    assert_eq!(log.len(), 3, "nothing else was written");
+}
+
+/// Cancelled single-event appends (the one-statement path) commit whole or not at all, and
+/// leave no lock behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_single_event_appends_leave_a_contiguous_stream() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    let mut acknowledged = Vec::new();
+    for attempt in 0u64..80 {
+        let event = numbered(attempt);
+        let id = event.event_id;
+        let budget = Duration::from_micros(attempt * 37 % 1500);
+        let outcome = tokio::time::timeout(
+            budget,
+            store.append("numbers", "s", ExpectedVersion::Any, vec![event]),
+        )
+        .await;
+        if let Ok(result) = outcome {
+            result.unwrap_or_else(|error| panic!("attempt {attempt}: {error}"));
+            acknowledged.push(id);
+        }
+    }
+    let last = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.append("numbers", "s", ExpectedVersion::Any, vec![numbered(1_000)]),
+    )
+    .await
+    .expect("no lock was left behind")
+    .unwrap();
+    let stream: Vec<RecordedEvent> = store
+        .read_stream("s", 1, Until::End)
+        .try_collect()
+        .await
+        .unwrap();
+    let versions: Vec<u64> = stream.iter().map(|event| event.stream_version).collect();
+    assert_eq!(versions, (1..=stream.len() as u64).collect::<Vec<_>>());
+    assert_eq!(last.range().last_version, stream.len() as u64);
+    let stored: HashSet<_> = stream.iter().map(|event| event.event_id).collect();
+    assert!(acknowledged.iter().all(|id| stored.contains(id)));
+}
+
+/// Batches whose expectation names the version (`NoStream`, `Exact`) take the one-statement
+/// path, others the general one; ranges, positions and transaction ids agree either way.
+#[tokio::test]
+async fn batches_report_the_same_ranges_on_either_path() {
+    let temp = TempStore::new().await;
+    let store = &temp.store;
+    let first = store
+        .append(
+            "numbers",
+            "s",
+            ExpectedVersion::NoStream,
+            (1..=3).map(numbered).collect(),
+        )
+        .await
+        .unwrap();
+    let other = store
+        .append(
+            "numbers",
+            "t",
+            ExpectedVersion::Any,
+            (4..=5).map(numbered).collect(),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .append(
+            "numbers",
+            "s",
+            ExpectedVersion::Exact(3),
+            (6..=9).map(numbered).collect(),
+        )
+        .await
+        .unwrap();
+    let range = |outcome: AppendOutcome| {
+        let range = outcome.range();
+        (
+            range.first_version,
+            range.last_version,
+            range.last_position.transaction,
+            range.last_position.sequence,
+        )
+    };
+    assert_eq!(range(first), (1, 3, 1, 3));
+    assert_eq!(range(other), (1, 2, 4, 5));
+    assert_eq!(range(second), (4, 7, 6, 9));
+    let log = store.read_all(Position::START, 100).await.unwrap();
+    let positions: Vec<(u64, u64)> = log
+        .iter()
+        .map(|event| (event.position.transaction, event.position.sequence))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (4, 4),
+            (4, 5),
+            (6, 6),
+            (6, 7),
+            (6, 8),
+            (6, 9)
+        ]
+    );
+    let stale = store
+        .append(
+            "numbers",
+            "s",
+            ExpectedVersion::Exact(3),
+            (10..=11).map(numbered).collect(),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Conflict {
+                actual: Some(7),
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(store.read_all(Position::START, 100).await.unwrap().len(), 9);
+}

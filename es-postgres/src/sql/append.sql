@@ -4,10 +4,17 @@
 -- versions, payloads, metadata), $8 the expectation ('any', 'no_stream', 'stream_exists',
 -- 'exact'), $9 the exact version, $10 the notification channel.
 --
--- The idempotency probe and the expectation are checked against this statement's snapshot.
--- A writer that commits the same version (or event id) after that snapshot is caught by the
--- unique indexes: this statement then fails with SQLSTATE 23505 and the caller runs it again
--- with a fresh snapshot, so a conflict is always decided on committed data.
+-- The expectation is checked against this statement's snapshot. A writer that commits the same
+-- version after that snapshot is caught by the primary key: this statement then fails with
+-- SQLSTATE 23505 and the caller runs it again with a fresh snapshot, so a conflict is always
+-- decided on committed data.
+--
+-- No idempotency probe here: a stored event id fails the insert on `events_event_id_key`, and
+-- when the expectation does not hold (nothing written) the caller looks the ids up before it
+-- reports a conflict (`classify.sql`), so a re-sent batch is still never a conflict. A probe
+-- `event_id = ANY ($3)` in this prepared statement was planned once, generically, while the
+-- table was small, as a sequential scan, and then scanned the whole log on every append
+-- (docs/BENCHMARKS.md, W6).
 WITH batch AS (
     SELECT b.event_id, b.event_type, b.schema_version, b.payload, b.metadata, b.ordinal
     FROM unnest($3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::text[])
@@ -25,8 +32,7 @@ head AS (
         (SELECT stream_version FROM last) AS version,
         -- Never earlier than the stream's previous event, so that reading "as of a time"
         -- always yields a prefix of the stream.
-        greatest(now(), (SELECT recorded_at FROM last)) AS recorded_at,
-        EXISTS (SELECT 1 FROM {schema}.events e WHERE e.event_id = ANY ($3::uuid[])) AS reused
+        greatest(now(), (SELECT recorded_at FROM last)) AS recorded_at
 ),
 inserted AS (
     INSERT INTO {schema}.events
@@ -35,8 +41,7 @@ inserted AS (
     SELECT $1, $2, coalesce(head.version, 0) + batch.ordinal, batch.event_id, batch.event_type,
            batch.schema_version, batch.payload::jsonb, batch.metadata::jsonb, head.recorded_at
     FROM head CROSS JOIN batch
-    WHERE NOT head.reused
-      AND CASE $8::text
+    WHERE CASE $8::text
               WHEN 'any' THEN true
               WHEN 'no_stream' THEN head.version IS NULL
               WHEN 'stream_exists' THEN head.version IS NOT NULL
@@ -56,6 +61,6 @@ summary AS (
 notified AS (
     SELECT pg_notify($10, '') FROM summary WHERE summary.written > 0
 )
-SELECT head.version, head.reused, summary.written, summary.last_version, summary.last_position,
+SELECT head.version, summary.written, summary.last_version, summary.last_position,
        summary.last_transaction, (SELECT count(*) FROM notified) AS notified
 FROM head CROSS JOIN summary
