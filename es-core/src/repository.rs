@@ -331,6 +331,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A: Handle<C>,
         C: Sync,
     {
+        self.run(id, command, context, false).await
+    }
+
+    /// Executes a command that starts a new aggregate, without reading the stream first: it
+    /// decides on the empty state and appends expecting no stream, one round trip. If the
+    /// stream exists after all (a conflict), or the command is rejected on the empty state, it
+    /// continues as [`execute`](Self::execute) does, on the loaded state, so the outcome is
+    /// always the one `execute` would give.
+    pub async fn create<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+    ) -> Result<Executed<A>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        self.run(id, command, context, true).await
+    }
+
+    async fn run<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+        mut assume_new: bool,
+    ) -> Result<Executed<A>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
         let span = tracing::debug_span!(
             "es.execute",
             aggregate = A::NAME,
@@ -350,16 +382,30 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 })?;
             let mut conflicts = 0;
             loop {
-                let loaded = self.load(id).await?;
-                let events = tracing::debug_span!("es.decide", events = tracing::field::Empty)
+                let loaded = if assume_new {
+                    check_id(id)?;
+                    Loaded::default()
+                } else {
+                    self.load(id).await?
+                };
+                let decided = tracing::debug_span!("es.decide", events = tracing::field::Empty)
                     .in_scope(|| {
-                        let decided = loaded
-                            .state
-                            .handle(command)
-                            .map_err(ExecuteError::Rejected)?;
-                        tracing::Span::current().record("events", decided.len());
-                        Ok::<_, ExecuteError<_>>(decided)
-                    })?;
+                        let decided = loaded.state.handle(command);
+                        if let Ok(events) = &decided {
+                            tracing::Span::current().record("events", events.len());
+                        }
+                        decided
+                    });
+                let events = match decided {
+                    Ok(events) => events,
+                    // Rejected on a state that was assumed, not loaded: decide on the real one.
+                    Err(_) if assume_new => {
+                        assume_new = false;
+                        continue;
+                    }
+                    Err(error) => return Err(ExecuteError::Rejected(error)),
+                };
+                let assumed = std::mem::replace(&mut assume_new, false);
                 match self.append(id, loaded, events, &metadata).await {
                     Ok(mut executed) => {
                         executed.conflicts = conflicts;
@@ -369,6 +415,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         span.record("elapsed_us", started.elapsed().as_micros() as u64);
                         return Ok(executed);
                     }
+                    // The stream exists after all: not a race, go on as `execute`.
+                    Err(ExecuteError::Store(StoreError::Conflict { .. })) if assumed => {}
                     Err(ExecuteError::Store(StoreError::Conflict { .. }))
                         if conflicts < self.max_retries =>
                     {

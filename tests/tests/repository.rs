@@ -532,3 +532,53 @@ fn aggregate_constants_come_from_the_attribute() {
     assert_eq!(Order::SNAPSHOT_EVERY, Some(10));
     assert_eq!(Counter::SNAPSHOT_EVERY, Some(7));
 }
+
+#[tokio::test]
+async fn create_appends_without_reading_and_otherwise_answers_as_execute_does() {
+    let store = MemoryStore::new();
+    let orders = Repository::<Order, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    let created = orders
+        .create("order-1", &create_order(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((created.version, created.conflicts), (1, 0));
+    assert_eq!(created.state.status, OrderStatus::Pending);
+
+    // The stream exists: the append conflicts, and the command is decided on the real state.
+    let again = orders
+        .create("order-1", &create_order(), &ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.rejection(),
+        Some(&es_examples::order::OrderError::AlreadyCreated)
+    );
+
+    // Rejected on the assumed empty state (no items): the answer is still the real state's.
+    let empty = CreateOrder {
+        items: vec![],
+        ..create_order()
+    };
+    let rejected = orders.create("order-1", &empty, &ctx).await.unwrap_err();
+    assert_eq!(
+        rejected.rejection(),
+        Some(&es_examples::order::OrderError::AlreadyCreated)
+    );
+    let fresh = orders.create("order-2", &empty, &ctx).await.unwrap_err();
+    assert_eq!(
+        fresh.rejection(),
+        Some(&es_examples::order::OrderError::NoItems)
+    );
+
+    // A command that is valid on any state appends after the existing events.
+    let counters = Repository::<Counter, _>::new(store.clone());
+    counters.execute("c", &Add(1), &ctx).await.unwrap();
+    let added = counters.create("c", &Add(2), &ctx).await.unwrap();
+    assert_eq!((added.version, added.state.total), (2, 3));
+    assert_eq!(
+        store.stream_version("order-1").await.unwrap(),
+        Some(1),
+        "nothing was written twice"
+    );
+}
