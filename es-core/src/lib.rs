@@ -84,7 +84,7 @@ pub use memory::{MemoryLock, MemoryStore, MemoryTransaction};
 pub use repository::{DEFAULT_MAX_RETRIES, ExecuteError, Executed, LoadError, Loaded, Repository};
 pub use store::{
     AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, Snapshot, StoreError,
-    Until,
+    Until, check_batch,
 };
 
 /// Derives [`Event`] for an enum of domain events. See the crate documentation of `es-derive`

@@ -11,7 +11,7 @@ use crate::envelope::{NewEvent, Position, RecordedEvent};
 use crate::projection::{DeadLetter, ProjectionStore};
 use crate::store::{
     AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, Snapshot, StoreError,
-    Until,
+    Until, check_batch,
 };
 
 /// How many events a stream read copies out per lock acquisition.
@@ -85,15 +85,6 @@ impl Inner {
         stream_id: &str,
         events: &[NewEvent],
     ) -> Result<Option<AppendedRange>, StoreError> {
-        let mut seen = HashMap::with_capacity(events.len());
-        for event in events {
-            if seen.insert(event.event_id, ()).is_some() {
-                return Err(StoreError::InvalidAppend {
-                    stream_id: stream_id.to_owned(),
-                    reason: format!("event id {} appears twice in the batch", event.event_id),
-                });
-            }
-        }
         let Some((event_id, first_index)) = events.iter().find_map(|event| {
             self.event_ids
                 .get(&event.event_id)
@@ -147,12 +138,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::InvalidAppend {
-                stream_id: stream_id.to_owned(),
-                reason: "the batch is empty".to_owned(),
-            });
-        }
+        check_batch(stream_id, &events)?;
         let mut inner = self.write();
         if let Some(range) = inner.find_previous_append(stream_id, &events)? {
             return Ok(AppendOutcome::AlreadyAppended(range));

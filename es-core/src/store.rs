@@ -193,6 +193,26 @@ fn describe_version(version: Option<u64>) -> String {
     }
 }
 
+/// The checks every store makes before an append, so all of them refuse the same batches the
+/// same way: a batch is not empty and holds each event id once.
+pub fn check_batch(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidAppend {
+        stream_id: stream_id.to_owned(),
+        reason,
+    };
+    if events.is_empty() {
+        return Err(invalid("the batch is empty".to_owned()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    match events.iter().find(|event| !seen.insert(event.event_id)) {
+        Some(repeated) => Err(invalid(format!(
+            "event id {} appears twice in the batch",
+            repeated.event_id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Events of one stream, in version order, read lazily.
 pub type EventStream<'a> =
     Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a>>;

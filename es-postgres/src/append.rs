@@ -1,7 +1,6 @@
 //! Appending a batch: one statement (`sql/append.sql`) per attempt, retried only when a unique
 //! index caught a concurrent writer, so every decision is made on committed data.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use es_core::{AppendOutcome, AppendedRange, ExpectedVersion, NewEvent, StoreError};
@@ -64,18 +63,7 @@ fn invalid(stream_id: &str, reason: impl Into<String>) -> StoreError {
 
 /// Rejects what PostgreSQL would reject less clearly, before any round trip.
 fn check_batch(stream_type: &str, stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Err(invalid(stream_id, "the batch is empty"));
-    }
-    let mut seen = HashSet::with_capacity(events.len());
-    for event in events {
-        if !seen.insert(event.event_id) {
-            return Err(invalid(
-                stream_id,
-                format!("event id {} appears twice in the batch", event.event_id),
-            ));
-        }
-    }
+    es_core::check_batch(stream_id, events)?;
     // PostgreSQL text cannot hold NUL.
     if stream_id.contains('\0') {
         return Err(invalid(stream_id, "the stream id contains a NUL character"));

@@ -140,16 +140,7 @@ impl SqliteStore {
             stream_id: stream_id.to_owned(),
             reason,
         };
-        if events.is_empty() {
-            return Err(invalid("the batch is empty".to_owned()));
-        }
-        let mut seen = HashSet::with_capacity(events.len());
-        if let Some(repeated) = events.iter().find(|event| !seen.insert(event.event_id)) {
-            return Err(invalid(format!(
-                "event id {} appears twice in the batch",
-                repeated.event_id
-            )));
-        }
+        es_core::check_batch(stream_id, &events)?;
         let ids: Vec<String> = events
             .iter()
             .map(|event| event.event_id.to_string())
