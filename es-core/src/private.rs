@@ -85,12 +85,6 @@ pub fn unsupported_version(event_type: &str, version: u32, current: u32) -> Deco
     }
 }
 
-/// The stored payload of an event without data: an empty JSON object.
-#[inline]
-pub fn unit_payload() -> RawJson {
-    RawJson::from_string("{}")
-}
-
 /// Checks the payload of an event without data: any JSON value is accepted (fields added by a
 /// newer writer are ignored), but it must be JSON.
 #[inline]

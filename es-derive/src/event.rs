@@ -130,7 +130,7 @@ fn expand(input: &EventEnum<'_>) -> TokenStream {
                 let call = quote!(#encode(__es_payload));
                 quote!(Self::#variant_ident(__es_payload) => #call,)
             }
-            _ => quote!(Self::#variant_ident => ::core::result::Result::Ok(#private::unit_payload()),),
+            _ => quote!(Self::#variant_ident => ::core::result::Result::Ok(#private::RawJson::empty_object()),),
         }
     });
     let decode_arms = input
