@@ -83,8 +83,8 @@ pub use json::RawJson;
 pub use memory::{MemoryLock, MemoryStore, MemoryTransaction};
 pub use repository::{DEFAULT_MAX_RETRIES, ExecuteError, Executed, LoadError, Loaded, Repository};
 pub use store::{
-    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, Snapshot, StoreError,
-    Until, check_batch,
+    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, ReplayedEvent,
+    Snapshot, StoreError, Until, check_batch,
 };
 
 /// Derives [`Event`] for an enum of domain events. See the crate documentation of `es-derive`

@@ -4,7 +4,6 @@ use std::marker::PhantomData;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -12,7 +11,9 @@ use crate::aggregate::{Aggregate, Handle};
 use crate::envelope::{CommandContext, NewEvent, Position};
 use crate::event::{DecodeError, Event};
 use crate::json::RawJson;
-use crate::store::{AppendOutcome, EventStore, ExpectedVersion, Snapshot, StoreError, Until};
+use crate::store::{
+    AppendOutcome, EventStore, ExpectedVersion, ReplayedEvent, Snapshot, StoreError, Until,
+};
 
 /// How many times [`Repository::execute`] decides again after a concurrency conflict, unless
 /// set with [`Repository::with_max_retries`].
@@ -247,40 +248,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         mut loaded: Loaded<A>,
         until: Until,
     ) -> Result<(Loaded<A>, u64), LoadError> {
-        let mut stream = self.store.read_stream(id, loaded.version + 1, until);
-        let mut folded = 0;
-        while let Some(recorded) = stream.next().await {
-            let recorded = recorded?;
-            if recorded.stream_type != A::NAME {
-                return Err(LoadError::WrongStreamType {
-                    stream_id: id.to_owned(),
-                    expected: A::NAME,
-                    actual: recorded.stream_type,
-                    stream_version: recorded.stream_version,
-                });
-            }
-            if recorded.stream_version != loaded.version + 1 {
-                return Err(LoadError::VersionGap {
-                    stream_id: id.to_owned(),
-                    previous: loaded.version,
-                    found: recorded.stream_version,
-                });
-            }
-            let event = A::Event::decode(
-                &recorded.event_type,
-                recorded.schema_version,
-                recorded.payload.as_str(),
-            )
-            .map_err(|source| LoadError::Decode {
-                stream_id: id.to_owned(),
-                stream_version: recorded.stream_version,
-                event_type: recorded.event_type.clone(),
-                source,
-            })?;
-            loaded.state.apply_event(&event);
-            loaded.version = recorded.stream_version;
-            folded += 1;
-        }
+        let from_version = loaded.version + 1;
+        let folded = self
+            .store
+            .replay_stream(id, from_version, until, |event: ReplayedEvent<'_>| {
+                if event.stream_type != A::NAME {
+                    return Err(LoadError::WrongStreamType {
+                        stream_id: id.to_owned(),
+                        expected: A::NAME,
+                        actual: event.stream_type.to_owned(),
+                        stream_version: event.stream_version,
+                    });
+                }
+                if event.stream_version != loaded.version + 1 {
+                    return Err(LoadError::VersionGap {
+                        stream_id: id.to_owned(),
+                        previous: loaded.version,
+                        found: event.stream_version,
+                    });
+                }
+                let decoded =
+                    A::Event::decode(event.event_type, event.schema_version, event.payload)
+                        .map_err(|source| LoadError::Decode {
+                            stream_id: id.to_owned(),
+                            stream_version: event.stream_version,
+                            event_type: event.event_type.to_owned(),
+                            source,
+                        })?;
+                loaded.state.apply_event(&decoded);
+                loaded.version = event.stream_version;
+                Ok(())
+            })
+            .await?;
         Ok((loaded, folded))
     }
 

@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use futures_core::Stream;
+use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::envelope::{NewEvent, Position, RecordedEvent};
@@ -213,6 +214,22 @@ pub fn check_batch(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreErro
     }
 }
 
+/// One stored event as a load needs it, borrowed from the row a store read it from: see
+/// [`EventStore::replay_stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayedEvent<'a> {
+    /// The stream's type, as stored with the event.
+    pub stream_type: &'a str,
+    /// The event's version in its stream (1-based).
+    pub stream_version: u64,
+    /// The stored event type name.
+    pub event_type: &'a str,
+    /// The version of the payload's schema.
+    pub schema_version: u32,
+    /// The payload, as JSON text.
+    pub payload: &'a str,
+}
+
 /// Events of one stream, in version order, read lazily.
 pub type EventStream<'a> =
     Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a>>;
@@ -243,6 +260,43 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         from_version: u64,
         until: Until,
     ) -> EventStream<'a>;
+
+    /// Passes the events of `stream_id` from `from_version` (inclusive) in version order, up to
+    /// `until`, to `visit`, and returns how many it passed; the first error (the store's or
+    /// `visit`'s) ends the replay.
+    ///
+    /// This is what loading an aggregate reads: only the columns a fold needs, each event
+    /// borrowed from its row, nothing allocated per event where the store can help it. The
+    /// default goes through [`read_stream`](Self::read_stream); stores override it with a
+    /// narrower read. Memory use does not grow with the stream's length.
+    fn replay_stream<E, F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        until: Until,
+        mut visit: F,
+    ) -> impl Future<Output = Result<u64, E>> + Send
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
+    {
+        async move {
+            let mut events = self.read_stream(stream_id, from_version, until);
+            let mut replayed = 0;
+            while let Some(recorded) = events.next().await {
+                let recorded = recorded?;
+                visit(ReplayedEvent {
+                    stream_type: &recorded.stream_type,
+                    stream_version: recorded.stream_version,
+                    event_type: &recorded.event_type,
+                    schema_version: recorded.schema_version,
+                    payload: recorded.payload.as_str(),
+                })?;
+                replayed += 1;
+            }
+            Ok(replayed)
+        }
+    }
 
     /// The stream's last version, `None` when it does not exist.
     fn stream_version(
