@@ -364,6 +364,119 @@ pub async fn long_stream<S: EventStore>(store: S) {
     assert_eq!(expected, 3001);
 }
 
+/// Why a conformance replay stopped.
+#[derive(Debug)]
+enum ReplayStop {
+    Store(StoreError),
+    Visitor,
+}
+
+impl From<StoreError> for ReplayStop {
+    fn from(error: StoreError) -> Self {
+        ReplayStop::Store(error)
+    }
+}
+
+/// An owned copy of a replayed event: (stream type, version, event type, schema version,
+/// payload).
+type Replayed = (String, u64, String, u32, String);
+
+async fn replay<S: EventStore>(store: &S, stream: &str, from: u64, until: Until) -> Vec<Replayed> {
+    let mut replayed = Vec::new();
+    let count = match store
+        .replay_stream(stream, from, until, |event| -> Result<(), ReplayStop> {
+            replayed.push((
+                event.stream_type.to_owned(),
+                event.stream_version,
+                event.event_type.to_owned(),
+                event.schema_version,
+                event.payload.to_owned(),
+            ));
+            Ok(())
+        })
+        .await
+    {
+        Ok(count) => count,
+        Err(ReplayStop::Store(error)) => panic!("replaying `{stream}` failed: {error}"),
+        Err(ReplayStop::Visitor) => unreachable!("this visitor never fails"),
+    };
+    assert_eq!(
+        count,
+        replayed.len() as u64,
+        "the replay counts what it passed"
+    );
+    replayed
+}
+
+fn as_replayed(events: Vec<RecordedEvent>) -> Vec<Replayed> {
+    events
+        .into_iter()
+        .map(|e| {
+            (
+                e.stream_type,
+                e.stream_version,
+                e.event_type,
+                e.schema_version,
+                e.payload.as_str().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A replay passes exactly what a stream read yields (across pages, from a version, up to a
+/// version or a time), only its stream's events, and stops at the visitor's first error.
+pub async fn replay_matches_read<S: EventStore>(store: S) {
+    for chunk in 0..4 {
+        append(
+            &store,
+            "r",
+            ExpectedVersion::Any,
+            events(chunk * 300 + 1, 300),
+        )
+        .await;
+        append(&store, "other", ExpectedVersion::Any, events(1, 3)).await;
+    }
+    let all = replay(&store, "r", 1, Until::End).await;
+    assert_eq!(all.len(), 1200);
+    assert_eq!(all, as_replayed(read(&store, "r", 1, Until::End).await));
+    assert_eq!(
+        replay(&store, "r", 3, Until::Version(5)).await,
+        as_replayed(read(&store, "r", 3, Until::Version(5)).await)
+    );
+    assert_eq!(
+        replay(&store, "r", 3, Until::Version(5))
+            .await
+            .iter()
+            .map(|e| e.1)
+            .collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    let cut = read(&store, "r", 1200, Until::End).await[0].recorded_at;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    append(&store, "r", ExpectedVersion::Exact(1200), events(1201, 2)).await;
+    assert_eq!(replay(&store, "r", 1, Until::RecordedAt(cut)).await, all);
+    assert_eq!(replay(&store, "r", 1, Until::End).await.len(), 1202);
+    assert!(replay(&store, "missing", 1, Until::End).await.is_empty());
+    assert!(replay(&store, "r", 1203, Until::End).await.is_empty());
+
+    let mut visited = 0;
+    let stopped = store
+        .replay_stream("r", 1, Until::End, |_| {
+            visited += 1;
+            if visited == 3 {
+                Err(ReplayStop::Visitor)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    assert!(
+        matches!(stopped, Err(ReplayStop::Visitor)),
+        "the visitor's error ends the replay: {stopped:?}"
+    );
+    assert_eq!(visited, 3, "nothing is passed after the visitor's error");
+}
+
 /// The global log is read in order, in pages, with strictly increasing positions.
 pub async fn global_log_order<S: EventStore>(store: S) {
     append(&store, "a", ExpectedVersion::Any, events(1, 2)).await;
@@ -534,7 +647,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             append_and_read_back, expected_any, expected_no_stream, expected_stream_exists,
             expected_exact, idempotent_resend, reused_event_id_is_rejected, invalid_batches,
-            read_ranges, long_stream, global_log_order, snapshots, stream_ids_verbatim,
+            read_ranges, long_stream, replay_matches_read, global_log_order, snapshots, stream_ids_verbatim,
             concurrent_appends_one_stream, concurrent_appends_many_streams);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

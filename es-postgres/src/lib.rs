@@ -52,6 +52,7 @@ mod append;
 mod error;
 mod projection;
 mod read;
+mod replay;
 mod schema;
 mod sql;
 mod store;

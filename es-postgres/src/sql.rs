@@ -15,6 +15,9 @@ pub(crate) struct Sql {
     read_stream_to_end: String,
     read_stream_to_version: String,
     read_stream_to_time: String,
+    replay_to_end: String,
+    replay_to_version: String,
+    replay_to_time: String,
     pub(crate) stream_version: String,
     pub(crate) read_all: String,
     pub(crate) read_event: String,
@@ -37,6 +40,12 @@ impl Sql {
         let read_stream = format!(
             "SELECT {EVENT_COLUMNS} FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2"
         );
+        // What a load needs (`replay::replay_stream`): no ids, positions, times or metadata,
+        // whose conversion to text is most of the server's work per row.
+        let replay = format!(
+            "SELECT stream_type, stream_version, event_type, schema_version, payload::text \
+             FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2"
+        );
         Self {
             append: s(include_str!("sql/append.sql")),
             classify: s(include_str!("sql/classify.sql")),
@@ -47,6 +56,9 @@ impl Sql {
             read_stream_to_time: format!(
                 "{read_stream} AND recorded_at <= $3 ORDER BY stream_version"
             ),
+            replay_to_end: format!("{replay} ORDER BY stream_version"),
+            replay_to_version: format!("{replay} AND stream_version <= $3 ORDER BY stream_version"),
+            replay_to_time: format!("{replay} AND recorded_at <= $3 ORDER BY stream_version"),
             stream_version: s(
                 "SELECT max(stream_version) FROM {schema}.events WHERE stream_id = $1",
             ),
@@ -122,6 +134,15 @@ impl Sql {
             Until::End => &self.read_stream_to_end,
             Until::Version(_) => &self.read_stream_to_version,
             Until::RecordedAt(_) => &self.read_stream_to_time,
+        }
+    }
+
+    /// The replay for `until`; its third parameter, if any, is the bound.
+    pub(crate) fn replay(&self, until: Until) -> &str {
+        match until {
+            Until::End => &self.replay_to_end,
+            Until::Version(_) => &self.replay_to_version,
+            Until::RecordedAt(_) => &self.replay_to_time,
         }
     }
 }

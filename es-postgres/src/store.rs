@@ -7,7 +7,7 @@ use std::time::Duration;
 use es_core::{
     AppendOutcome, EventStore, EventStream, ExpectedVersion, NewEvent, Position, RecordedEvent,
 };
-use es_core::{Snapshot, StoreError, Until};
+use es_core::{ReplayedEvent, Snapshot, StoreError, Until};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::{Mutex, watch};
 
@@ -205,6 +205,20 @@ impl EventStore for PgStore {
         until: Until,
     ) -> EventStream<'a> {
         crate::read::read_stream(self, stream_id, from_version, until)
+    }
+
+    async fn replay_stream<E, F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        until: Until,
+        visit: F,
+    ) -> Result<u64, E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
+    {
+        crate::replay::replay_stream(self, stream_id, from_version, until, visit).await
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {

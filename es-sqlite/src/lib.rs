@@ -78,6 +78,7 @@
 mod open;
 mod options;
 mod projection;
+mod replay;
 mod rows;
 mod store;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use es_core::{
     AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, NewEvent, Position,
-    RecordedEvent, Snapshot, StoreError, Until,
+    RecordedEvent, ReplayedEvent, Snapshot, StoreError, Until,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
@@ -626,7 +626,7 @@ fn insert_error(error: sqlx::Error, stream_id: &str, events: &[NewEvent]) -> Sto
 }
 
 /// The SQL bounds of a stream read: the last version and the latest recording time included.
-fn bounds(until: Until) -> (i64, i64) {
+pub(crate) fn bounds(until: Until) -> (i64, i64) {
     match until {
         Until::End => (i64::MAX, i64::MAX),
         Until::Version(version) => (saturating_i64(version), i64::MAX),
@@ -742,6 +742,20 @@ impl EventStore for SqliteStore {
                 }
             }
         }))
+    }
+
+    async fn replay_stream<E, F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        until: Until,
+        visit: F,
+    ) -> Result<u64, E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
+    {
+        crate::replay::replay_stream(&self.pool, stream_id, from_version, until, visit).await
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {
