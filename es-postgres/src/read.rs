@@ -9,7 +9,8 @@ use es_core::{EventStream, Position, RawJson, RecordedEvent, Snapshot, StoreErro
 use futures_core::Stream;
 use futures_util::StreamExt;
 use sqlx::Row;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgArguments, PgRow, Postgres};
+use sqlx::query::Query;
 use tracing::Instrument;
 
 use crate::store::PgStore;
@@ -150,16 +151,7 @@ pub(crate) fn read_stream<'a>(
         elapsed_us = tracing::field::Empty,
     );
     let inner = &store.inner;
-    // Versions start at 1; one beyond i64 matches nothing.
-    let from = i64::try_from(from_version.max(1)).unwrap_or(i64::MAX);
-    let query = sqlx::query(inner.sql.read_stream(until))
-        .bind(stream_id)
-        .bind(from);
-    let query = match until {
-        Until::End => query,
-        Until::Version(last) => query.bind(i64::try_from(last).unwrap_or(i64::MAX)),
-        Until::RecordedAt(time) => query.bind(time),
-    };
+    let query = stream_range(inner.sql.read_stream(until), stream_id, from_version, until);
     // `fetch` streams rows as the server sends them: memory stays flat however long the stream.
     let events = query.fetch(&inner.pool).map(move |row| match row {
         Ok(row) => decode_event(&row, stream_id),
@@ -175,6 +167,24 @@ pub(crate) fn read_stream<'a>(
         count: 0,
         finished: false,
     })
+}
+
+/// `sql` (a stream read: `$1` stream, `$2` first version, `$3` the bound of `until` if any)
+/// with its parameters bound.
+pub(crate) fn stream_range<'q>(
+    sql: &'q str,
+    stream_id: &'q str,
+    from_version: u64,
+    until: Until,
+) -> Query<'q, Postgres, PgArguments> {
+    // Versions start at 1; one beyond i64 matches nothing.
+    let from = i64::try_from(from_version.max(1)).unwrap_or(i64::MAX);
+    let query = sqlx::query(sql).bind(stream_id).bind(from);
+    match until {
+        Until::End => query,
+        Until::Version(last) => query.bind(i64::try_from(last).unwrap_or(i64::MAX)),
+        Until::RecordedAt(time) => query.bind(time),
+    }
 }
 
 /// A stream read that records how many events it yielded and how long it took on its span, when

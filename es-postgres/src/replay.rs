@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use tracing::Instrument;
 
-use crate::read::version;
+use crate::read::{stream_range, version};
 use crate::store::PgStore;
 
 /// Replays `stream_id` from `from_version` up to `until` into `visit`.
@@ -35,16 +35,7 @@ where
     async move {
         let started = Instant::now();
         let inner = &store.inner;
-        // Versions start at 1; one beyond i64 matches nothing.
-        let from = i64::try_from(from_version.max(1)).unwrap_or(i64::MAX);
-        let query = sqlx::query(inner.sql.replay(until))
-            .bind(stream_id)
-            .bind(from);
-        let query = match until {
-            Until::End => query,
-            Until::Version(last) => query.bind(i64::try_from(last).unwrap_or(i64::MAX)),
-            Until::RecordedAt(time) => query.bind(time),
-        };
+        let query = stream_range(inner.sql.replay(until), stream_id, from_version, until);
         // Streamed as the server sends rows: memory stays flat however long the stream.
         let mut rows = query.fetch(&inner.pool);
         let mut replayed = 0;
