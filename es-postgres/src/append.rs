@@ -1,5 +1,6 @@
 //! Appending a batch: one statement (`sql/append.sql`) per attempt, retried only when a unique
-//! index caught a concurrent writer, so every decision is made on committed data.
+//! index caught a concurrent writer, so every decision is made on committed data. A committed
+//! append signals the store's notifier, which notifies listeners after the commit.
 
 use std::time::Instant;
 
@@ -37,6 +38,13 @@ pub(crate) async fn append(
     async move {
         let started = Instant::now();
         let result = append_checked(store, stream_type, stream_id, expected, &events).await;
+        if let Ok(AppendOutcome::Appended(_)) = result {
+            // Committed: wake the listeners, in the background (see `notifier.rs`).
+            store
+                .inner
+                .notifier
+                .signal(&store.inner.pool, &store.inner.channel);
+        }
         let span = tracing::Span::current();
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         span.record(
@@ -125,7 +133,6 @@ async fn append_checked(
             .bind(&metadata)
             .bind(kind)
             .bind(exact)
-            .bind(&inner.channel)
             .fetch_one(&inner.pool)
             .await;
         let row = match result {

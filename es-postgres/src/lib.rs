@@ -50,6 +50,7 @@
 
 mod append;
 mod error;
+mod notifier;
 mod projection;
 mod read;
 mod replay;

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// The projections locked through this store and not released yet, with the backend that
     /// holds each lock: their transactions are fenced (see `projection::fence`).
     pub(crate) leases: Leases,
+    /// Sends the notification of committed appends on `channel`, in the background.
+    pub(crate) notifier: crate::notifier::Notifier,
 }
 
 /// Projection name -> process id of the backend holding its lock.
@@ -84,6 +86,7 @@ impl PgStore {
                 horizon_wait,
                 feed: Mutex::new(None),
                 leases: Leases::default(),
+                notifier: crate::notifier::Notifier::default(),
             }),
         }
     }
@@ -122,7 +125,12 @@ impl PgStore {
         &self.inner.schema
     }
 
-    /// The channel every append notifies (`NOTIFY`) when it commits: `<schema>_events`.
+    /// The channel notified (`NOTIFY`, empty payload) after appends commit: `<schema>_events`.
+    ///
+    /// The store sends the notification from a background task right after the commit, not
+    /// inside the appending transaction, and coalesces those of appends that commit while one is
+    /// being sent: a listener gets at least one notification after the last append, not one per
+    /// append.
     pub fn channel(&self) -> &str {
         &self.inner.channel
     }

@@ -2,12 +2,15 @@
 --
 -- $1 stream type, $2 stream id, $3..$7 the batch as parallel arrays (ids, types, schema
 -- versions, payloads, metadata), $8 the expectation ('any', 'no_stream', 'stream_exists',
--- 'exact'), $9 the exact version, $10 the notification channel.
+-- 'exact'), $9 the exact version.
 --
 -- The expectation is checked against this statement's snapshot. A writer that commits the same
 -- version after that snapshot is caught by the primary key: this statement then fails with
 -- SQLSTATE 23505 and the caller runs it again with a fresh snapshot, so a conflict is always
 -- decided on committed data.
+--
+-- No NOTIFY here: PostgreSQL serialises the commits of notifying transactions, so the store
+-- notifies from a background task after the commit (`notifier.rs`).
 --
 -- No idempotency probe here: a stored event id fails the insert on `events_event_id_key`, and
 -- when the expectation does not hold (nothing written) the caller looks the ids up before it
@@ -57,10 +60,7 @@ summary AS (
            -- One transaction wrote every row: any aggregate returns its id.
            max(transaction_id::text) AS last_transaction
     FROM inserted
-),
-notified AS (
-    SELECT pg_notify($10, '') FROM summary WHERE summary.written > 0
 )
 SELECT head.version, summary.written, summary.last_version, summary.last_position,
-       summary.last_transaction, (SELECT count(*) FROM notified) AS notified
+       summary.last_transaction
 FROM head CROSS JOIN summary
