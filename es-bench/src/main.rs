@@ -237,7 +237,7 @@ fn label(outcome: &Outcome) -> String {
 
 fn print_header() {
     println!(
-        "{:<27} {:>8} {:>12} {:>12} {:>7}  target",
+        "{:<33} {:>8} {:>12} {:>12} {:>7}  target",
         "workload", "events", "ours/s", "baseline/s", "ratio"
     );
 }
@@ -250,7 +250,7 @@ fn print_row(outcome: &Outcome) {
         _ => "-".to_owned(),
     };
     println!(
-        "{:<27} {:>8} {:>12.0} {:>12.0} {:>7.3}  {}",
+        "{:<33} {:>8} {:>12.0} {:>12.0} {:>7.3}  {}",
         label(outcome),
         outcome.events,
         outcome.ours_per_sec,

@@ -316,23 +316,60 @@ async fn w1<S: EventStore>(
     )])
 }
 
-/// W2: 1,000 commands on one hot aggregate, with snapshots every 100 and without.
+/// W2: 1,000 commands on one hot aggregate, with snapshots every 100 and without, and with
+/// snapshots through a repository that caches states.
 async fn w2<S: EventStore>(
     store: &S,
     baseline: &Baseline,
     settings: Settings,
 ) -> Result<Vec<Outcome>, BenchError> {
     let n = settings.count(1_000, 20);
-    let mut outcomes = Vec::new();
-    let (snapshotted, latencies) =
-        w2_variant::<SnapshottedAccount, S>(store, baseline, settings, n, "snap").await?;
+    let snapshotted = Repository::<SnapshottedAccount, S>::new(store.clone());
+    let (snapshotted, latencies) = w2_variant(
+        store,
+        &snapshotted,
+        baseline,
+        settings,
+        n,
+        "snap",
+        "snapshots every 100",
+    )
+    .await?;
+    let plain = Repository::<Account, S>::new(store.clone());
+    let (plain, _) = w2_variant(
+        store,
+        &plain,
+        baseline,
+        settings,
+        n,
+        "plain",
+        "no snapshots",
+    )
+    .await?;
+    let cached = Repository::<SnapshottedAccount, S>::new(store.clone()).with_cache(16);
+    let (cached, cached_latencies) = w2_variant(
+        store,
+        &cached,
+        baseline,
+        settings,
+        n,
+        "cached",
+        "snapshots every 100, cached",
+    )
+    .await?;
+    Ok(vec![
+        with_latency_ratio(snapshotted, &latencies, n),
+        plain,
+        with_latency_ratio(cached, &cached_latencies, n),
+    ])
+}
+
+/// Notes the latency of the n-th command against the 10th, each the median over the rounds
+/// (nothing when ours did not run).
+fn with_latency_ratio(outcome: Outcome, latencies: &[Vec<Duration>], n: u64) -> Outcome {
     if latencies.is_empty() {
-        outcomes.push(snapshotted);
-        let (plain, _) = w2_variant::<Account, S>(store, baseline, settings, n, "plain").await?;
-        outcomes.push(plain);
-        return Ok(outcomes);
+        return outcome;
     }
-    // The n-th command against the 10th, each the median over the rounds.
     let median_of = |index: usize| {
         let mut times: Vec<Duration> = latencies.iter().map(|round| round[index]).collect();
         times.sort();
@@ -353,44 +390,45 @@ async fn w2<S: EventStore>(
     let early = window(5, 15);
     let late = window(last - 9, last + 1);
     let window_ratio = late.as_secs_f64() / early.as_secs_f64();
-    outcomes.push(
-        snapshotted
-            .note(format!(
-                "command {} took {:.0} us, the 10th {:.0} us: {latency_ratio:.2}x (target <= 1.2x{}); \
-                 medians of commands 6-15 and {}-{}: {:.0} us, {:.0} us, {window_ratio:.2}x",
-                n,
-                micros(nth),
-                micros(tenth),
-                if latency_ratio <= 1.2 { ", met" } else { ", missed" },
-                last - 8,
-                n,
-                micros(early),
-                micros(late),
-            ))
-            .extra("latency_10th_us", micros(tenth))
-            .extra("latency_last_us", micros(nth))
-            .extra("latency_ratio", latency_ratio)
-            .extra("latency_met", latency_ratio <= 1.2)
-            .extra("latency_window_ratio", window_ratio),
-    );
-    let (plain, _) = w2_variant::<Account, S>(store, baseline, settings, n, "plain").await?;
-    outcomes.push(plain);
-    Ok(outcomes)
+    outcome
+        .note(format!(
+            "command {} took {:.0} us, the 10th {:.0} us: {latency_ratio:.2}x (target <= 1.2x{}); \
+             medians of commands 6-15 and {}-{}: {:.0} us, {:.0} us, {window_ratio:.2}x",
+            n,
+            micros(nth),
+            micros(tenth),
+            if latency_ratio <= 1.2 {
+                ", met"
+            } else {
+                ", missed"
+            },
+            last - 8,
+            n,
+            micros(early),
+            micros(late),
+        ))
+        .extra("latency_10th_us", micros(tenth))
+        .extra("latency_last_us", micros(nth))
+        .extra("latency_ratio", latency_ratio)
+        .extra("latency_met", latency_ratio <= 1.2)
+        .extra("latency_window_ratio", window_ratio)
 }
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-/// One W2 variant: the outcome and, for each round of ours, every command's latency.
+/// One W2 variant through `accounts` (streams named after `label`): the outcome and, for each
+/// round of ours, every command's latency.
 async fn w2_variant<A: BankAggregate, S: EventStore>(
     store: &S,
+    accounts: &Repository<A, S>,
     baseline: &Baseline,
     settings: Settings,
     n: u64,
     label: &'static str,
+    variant: &'static str,
 ) -> Result<(Outcome, Vec<Vec<Duration>>), BenchError> {
-    let accounts = Repository::<A, S>::new(store.clone());
     let open = open_command();
     let mut latencies = Vec::new();
     let timings = alternate(
@@ -404,7 +442,7 @@ async fn w2_variant<A: BankAggregate, S: EventStore>(
             times.push(command.elapsed());
             for k in 1..n {
                 let command = Instant::now();
-                execute_movement(&accounts, &id, Movement::nth(k - 1)).await?;
+                execute_movement(accounts, &id, Movement::nth(k - 1)).await?;
                 times.push(command.elapsed());
             }
             let elapsed = started.elapsed();
@@ -428,11 +466,6 @@ async fn w2_variant<A: BankAggregate, S: EventStore>(
             check_account(store, &id, n, Movement::net(n - 1)).await?;
         }
     }
-    let variant = if A::SNAPSHOT_EVERY.is_some() {
-        "snapshots every 100"
-    } else {
-        "no snapshots"
-    };
     let outcome = Outcome::new("W2", Some(variant), n, &timings, Some(0.85));
     Ok((outcome, latencies))
 }

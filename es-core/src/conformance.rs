@@ -534,6 +534,41 @@ pub async fn snapshots<S: EventStore>(store: S) {
     assert_eq!(store.load_snapshot("t").await.unwrap(), None);
 }
 
+/// Of two snapshots of a stream, the newer stays whichever is saved last (two saves may race);
+/// one at the same version replaces the saved one.
+pub async fn an_older_snapshot_does_not_replace_a_newer_one<S: EventStore>(store: S) {
+    let at = |stream_version: u64, state_version: u32| Snapshot {
+        stream_type: STREAM_TYPE.to_owned(),
+        stream_id: "s".to_owned(),
+        stream_version,
+        state_version,
+        state: RawJson::from(serde_json::json!({ "total": stream_version })),
+        taken_at: Utc::now(),
+    };
+    let saved = async || {
+        let snapshot = store.load_snapshot("s").await.unwrap().expect("a snapshot");
+        (snapshot.stream_version, snapshot.state_version)
+    };
+    store.save_snapshot(&at(200, 1)).await.unwrap();
+    store.save_snapshot(&at(100, 1)).await.unwrap();
+    assert_eq!(saved().await, (200, 1), "the older snapshot was not saved");
+    assert_eq!(
+        store
+            .load_snapshot("s")
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .to_value()
+            .unwrap(),
+        serde_json::json!({ "total": 200 })
+    );
+    store.save_snapshot(&at(200, 2)).await.unwrap();
+    assert_eq!(saved().await, (200, 2), "the same version replaces");
+    store.save_snapshot(&at(300, 2)).await.unwrap();
+    assert_eq!(saved().await, (300, 2), "a newer version replaces");
+}
+
 /// Stream ids are stored verbatim, whatever characters they hold.
 pub async fn stream_ids_verbatim<S: EventStore>(store: S) {
     let long = "x".repeat(1000);
@@ -647,7 +682,8 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             append_and_read_back, expected_any, expected_no_stream, expected_stream_exists,
             expected_exact, idempotent_resend, reused_event_id_is_rejected, invalid_batches,
-            read_ranges, long_stream, replay_matches_read, global_log_order, snapshots, stream_ids_verbatim,
+            read_ranges, long_stream, replay_matches_read, global_log_order, snapshots,
+            an_older_snapshot_does_not_replace_a_newer_one, stream_ids_verbatim,
             concurrent_appends_one_stream, concurrent_appends_many_streams);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

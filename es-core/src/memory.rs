@@ -246,9 +246,16 @@ impl EventStore for MemoryStore {
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.write()
+        let mut inner = self.write();
+        let newer_saved = inner
             .snapshots
-            .insert(snapshot.stream_id.clone(), snapshot.clone());
+            .get(&snapshot.stream_id)
+            .is_some_and(|saved| saved.stream_version > snapshot.stream_version);
+        if !newer_saved {
+            inner
+                .snapshots
+                .insert(snapshot.stream_id.clone(), snapshot.clone());
+        }
         Ok(())
     }
 

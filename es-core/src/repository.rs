@@ -1,6 +1,9 @@
 //! [`Repository`]: loads aggregates from a store and executes commands on them.
 
+mod cache;
+
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -12,8 +15,10 @@ use crate::envelope::{CommandContext, NewEvent, Position};
 use crate::event::{DecodeError, Event};
 use crate::json::RawJson;
 use crate::store::{
-    AppendOutcome, EventStore, ExpectedVersion, ReplayedEvent, Snapshot, StoreError, Until,
+    AppendedRange, EventStore, ExpectedVersion, ReplayedEvent, Snapshot, StoreError, Until,
 };
+
+use self::cache::StateCache;
 
 /// How many times [`Repository::execute`] decides again after a concurrency conflict, unless
 /// set with [`Repository::with_max_retries`].
@@ -43,7 +48,8 @@ pub struct Executed<A: Aggregate> {
     pub last_position: Option<Position>,
     /// The state after the command.
     pub state: A,
-    /// How many concurrency conflicts were met (and retried) before it went through.
+    /// How many concurrency conflicts were met (and retried) before it went through, not
+    /// counting one met by a cached or assumed state that was behind the stream.
     pub conflicts: u32,
 }
 
@@ -155,6 +161,8 @@ impl<E> ExecuteError<E> {
 pub struct Repository<A, S> {
     store: S,
     max_retries: u32,
+    /// Set by [`Repository::with_cache`]; shared by clones.
+    cache: Option<Arc<StateCache<A>>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -163,6 +171,7 @@ impl<A, S: Clone> Clone for Repository<A, S> {
         Self {
             store: self.store.clone(),
             max_retries: self.max_retries,
+            cache: self.cache.clone(),
             aggregate: PhantomData,
         }
     }
@@ -174,6 +183,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Self {
             store,
             max_retries: DEFAULT_MAX_RETRIES,
+            cache: None,
             aggregate: PhantomData,
         }
     }
@@ -184,12 +194,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
+    /// Keeps the state and version of up to `capacity` recently used streams in memory (the
+    /// least recently used one is dropped first), shared by this repository and its clones.
+    ///
+    /// What it buys: on a cached stream, [`execute`](Self::execute) decides without reading
+    /// and appends expecting the cached version, one round trip per command instead of a read
+    /// (from the latest snapshot on) and an append; [`load`](Self::load) reads only the events
+    /// after the cached version. That is what a hot aggregate needs.
+    ///
+    /// What it costs: memory for up to `capacity` states and their stream ids, and a clone of
+    /// the state in and out of the cache per command.
+    ///
+    /// It stays correct with other writers, in this process or any other: every append checks
+    /// the stream's version, so a stale state meets a conflict, and the repository then reads
+    /// only the newer events and decides again (this first conflict does not count against
+    /// [`with_max_retries`](Self::with_max_retries)). A rejection, or a command with nothing to
+    /// do, decided on a cached state stands only once the stream proves to hold nothing newer.
+    /// So every command has the outcome it would have without the cache.
+    pub fn with_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = Some(Arc::new(StateCache::new(capacity, A::clone)));
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// Loads the current state: from the latest valid snapshot plus newer events (P10).
+    /// Loads the current state: from the latest valid snapshot plus newer events (P10), or with
+    /// a cache ([`with_cache`](Self::with_cache)) from the cached state plus newer events.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, LoadError> {
         self.load_until(id, Until::End).await
     }
@@ -214,6 +250,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             "es.load",
             aggregate = A::NAME,
             stream_id = id,
+            cached_version = tracing::field::Empty,
             snapshot_version = tracing::field::Empty,
             events = tracing::field::Empty,
             version = tracing::field::Empty,
@@ -221,20 +258,55 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         );
         async {
             let started = Instant::now();
-            let start = match until {
-                // A snapshot says nothing about when its events were recorded.
-                Until::RecordedAt(_) => None,
-                Until::End => self.valid_snapshot(id, u64::MAX).await,
-                Until::Version(version) => self.valid_snapshot(id, version).await,
+            let cached = match until {
+                Until::End => self.cached(id),
+                Until::Version(_) | Until::RecordedAt(_) => None,
             };
-            if let Some(start) = &start {
-                tracing::Span::current().record("snapshot_version", start.version);
+            let start = match (cached, until) {
+                (Some(cached), _) => {
+                    tracing::Span::current().record("cached_version", cached.version);
+                    Some(cached)
+                }
+                // A snapshot says nothing about when its events were recorded.
+                (None, Until::RecordedAt(_)) => None,
+                (None, Until::End) => self.valid_snapshot(id, u64::MAX).await,
+                (None, Until::Version(version)) => self.valid_snapshot(id, version).await,
+            };
+            let folded = self.fold(id, start.unwrap_or_default(), until).await;
+            if until == Until::End {
+                match &folded {
+                    Ok((loaded, _)) => self.remember(id, &loaded.state, loaded.version),
+                    Err(_) => self.forget(id),
+                }
             }
-            let (loaded, events) = self.fold(id, start.unwrap_or_default(), until).await?;
+            let (loaded, events) = folded?;
             let span = tracing::Span::current();
             span.record("events", events);
             span.record("version", loaded.version);
             span.record("elapsed_us", started.elapsed().as_micros() as u64);
+            Ok(loaded)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The current state, from `loaded` on: only the events after its version are read.
+    async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, LoadError> {
+        if loaded.version == 0 {
+            // The empty state a creating command assumed: the stream may be long, and a load
+            // starts from its snapshot.
+            return self.load(id).await;
+        }
+        let span = tracing::debug_span!(
+            "es.catch_up",
+            stream_id = id,
+            from_version = loaded.version,
+            events = tracing::field::Empty,
+        );
+        async {
+            let (loaded, events) = self.fold(id, loaded, Until::End).await?;
+            tracing::Span::current().record("events", events);
+            self.remember(id, &loaded.state, loaded.version);
             Ok(loaded)
         }
         .instrument(span)
@@ -306,10 +378,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return None;
         }
         match A::decode_state(snapshot.state.as_str())? {
-            Ok(state) => Some(Loaded {
-                state,
-                version: snapshot.stream_version,
-            }),
+            Ok(state) => {
+                tracing::Span::current().record("snapshot_version", snapshot.stream_version);
+                Some(Loaded {
+                    state,
+                    version: snapshot.stream_version,
+                })
+            }
             Err(error) => {
                 tracing::warn!(stream_id = id, %error, "undecodable snapshot ignored, replaying all events");
                 None
@@ -318,8 +393,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Loads the aggregate, decides `command`, appends the events expecting the loaded version,
-    /// and on a concurrency conflict does it all again, up to the retry limit (P7). Safe because
-    /// deciding is pure.
+    /// and on a concurrency conflict reads the newer events and decides again, up to the retry
+    /// limit (P7). Safe because deciding is pure.
+    ///
+    /// With a cache ([`with_cache`](Self::with_cache)), a cached state is decided on without
+    /// reading the stream first.
     pub async fn execute<C>(
         &self,
         id: &str,
@@ -334,10 +412,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Executes a command that starts a new aggregate, without reading the stream first: it
-    /// decides on the empty state and appends expecting no stream, one round trip. If the
-    /// stream exists after all (a conflict), or the command is rejected on the empty state, it
-    /// continues as [`execute`](Self::execute) does, on the loaded state, so the outcome is
-    /// always the one `execute` would give.
+    /// decides on the empty state (or on the cached state, with a cache) and appends expecting
+    /// that state's version, one round trip. If the stream holds more after all (a conflict), or
+    /// the command is rejected or does nothing on the assumed state, it continues as
+    /// [`execute`](Self::execute) does, on the stream's real state, so the outcome is always the
+    /// one `execute` would give.
     pub async fn create<C>(
         &self,
         id: &str,
@@ -356,7 +435,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         id: &str,
         command: &C,
         context: &CommandContext,
-        mut assume_new: bool,
+        create: bool,
     ) -> Result<Executed<A>, ExecuteError<<A as Handle<C>>::Error>>
     where
         A: Handle<C>,
@@ -373,94 +452,117 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         );
         async {
             let started = Instant::now();
-            let metadata =
-                RawJson::encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
-                    stream_id: id.to_owned(),
-                    event_type: "metadata",
-                    source,
-                })?;
-            let mut conflicts = 0;
-            loop {
-                let loaded = if assume_new {
-                    check_id(id)?;
-                    Loaded::default()
-                } else {
-                    self.load(id).await?
-                };
-                let decided = tracing::debug_span!("es.decide", events = tracing::field::Empty)
-                    .in_scope(|| {
-                        let decided = loaded.state.handle(command);
-                        if let Ok(events) = &decided {
-                            tracing::Span::current().record("events", events.len());
-                        }
-                        decided
-                    });
-                let events = match decided {
-                    Ok(events) => events,
-                    // Rejected on a state that was assumed, not loaded: decide on the real one.
-                    Err(_) if assume_new => {
-                        assume_new = false;
-                        continue;
+            let result = self.decide_and_append(id, command, context, create).await;
+            match &result {
+                Ok(executed) => {
+                    let span = tracing::Span::current();
+                    span.record("events", executed.events.len());
+                    span.record("conflicts", executed.conflicts);
+                    span.record("elapsed_us", started.elapsed().as_micros() as u64);
+                }
+                Err(ExecuteError::Rejected(_)) => {}
+                // Whatever failed, the next command starts from the store, not from this state.
+                Err(_) => self.forget(id),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decide_and_append<C>(
+        &self,
+        id: &str,
+        command: &C,
+        context: &CommandContext,
+        create: bool,
+    ) -> Result<Executed<A>, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        check_id(id)?;
+        let metadata =
+            RawJson::encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
+                stream_id: id.to_owned(),
+                event_type: "metadata",
+                source,
+            })?;
+        // An assumed state (the cached one, or the empty one for a creating command) saves the
+        // read: the append's version check proves it current. When it was not, the newer events
+        // are read and the command is decided again, as after any conflict.
+        let (mut loaded, mut assumed) = match self.cached(id) {
+            Some(cached) => (cached, true),
+            None if create => (Loaded::default(), true),
+            None => (self.load(id).await?, false),
+        };
+        let mut conflicts = 0;
+        loop {
+            let decided = tracing::debug_span!("es.decide", events = tracing::field::Empty)
+                .in_scope(|| {
+                    let decided = loaded.state.handle(command);
+                    if let Ok(events) = &decided {
+                        tracing::Span::current().record("events", events.len());
                     }
-                    Err(error) => return Err(ExecuteError::Rejected(error)),
-                };
-                let assumed = std::mem::replace(&mut assume_new, false);
-                match self.append(id, loaded, events, &metadata).await {
-                    Ok(mut executed) => {
-                        executed.conflicts = conflicts;
-                        let span = tracing::Span::current();
-                        span.record("events", executed.events.len());
-                        span.record("conflicts", conflicts);
-                        span.record("elapsed_us", started.elapsed().as_micros() as u64);
-                        return Ok(executed);
-                    }
-                    // The stream exists after all: not a race, go on as `execute`.
-                    Err(ExecuteError::Store(StoreError::Conflict { .. })) if assumed => {}
-                    Err(ExecuteError::Store(StoreError::Conflict { .. }))
-                        if conflicts < self.max_retries =>
-                    {
+                    decided
+                });
+            let appends = matches!(&decided, Ok(events) if !events.is_empty());
+            if assumed && !appends {
+                // A rejection, or nothing to do, stands only on the stream's current state; no
+                // append will check that, so read what is newer.
+                assumed = false;
+                let version = loaded.version;
+                loaded = self.catch_up(id, loaded).await?;
+                if loaded.version != version {
+                    continue;
+                }
+            }
+            let events = decided.map_err(ExecuteError::Rejected)?;
+            match self.write(id, loaded.version, &events, &metadata).await {
+                Ok(written) => {
+                    return Ok(self.finish(id, loaded, events, written, conflicts).await);
+                }
+                Err(ExecuteError::Store(StoreError::Conflict { .. })) => {
+                    if std::mem::replace(&mut assumed, false) {
+                        // The assumed state was behind the stream: not a race, no retry spent.
+                        tracing::debug!(
+                            stream_id = id,
+                            version = loaded.version,
+                            "assumed state is stale, catching up"
+                        );
+                    } else if conflicts < self.max_retries {
                         conflicts += 1;
                         tracing::debug!(
                             stream_id = id,
                             conflicts,
                             "concurrency conflict, deciding again"
                         );
-                    }
-                    Err(ExecuteError::Store(StoreError::Conflict { .. })) => {
+                    } else {
                         return Err(ExecuteError::TooManyConflicts {
                             stream_id: id.to_owned(),
                             attempts: conflicts + 1,
                         });
                     }
-                    Err(other) => return Err(other),
+                    loaded = self.catch_up(id, loaded).await?;
                 }
+                Err(other) => return Err(other),
             }
         }
-        .instrument(span)
-        .await
     }
 
-    async fn append<E>(
+    /// Appends `events` expecting the stream at `version`; `None` when there are none.
+    async fn write<E>(
         &self,
         id: &str,
-        loaded: Loaded<A>,
-        events: Vec<A::Event>,
+        version: u64,
+        events: &[A::Event],
         metadata: &RawJson,
-    ) -> Result<Executed<A>, ExecuteError<E>> {
-        let Loaded { mut state, version } = loaded;
+    ) -> Result<Option<Written>, ExecuteError<E>> {
         if events.is_empty() {
-            return Ok(Executed {
-                events,
-                event_ids: Vec::new(),
-                first_version: version + 1,
-                version,
-                last_position: None,
-                state,
-                conflicts: 0,
-            });
+            return Ok(None);
         }
         let mut batch = Vec::with_capacity(events.len());
-        for event in &events {
+        for event in events {
             let payload = event.encode().map_err(|source| ExecuteError::Encode {
                 stream_id: id.to_owned(),
                 event_type: event.event_type(),
@@ -495,8 +597,34 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .await
             .map_err(ExecuteError::Store)?;
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
-        let range = match outcome {
-            AppendOutcome::Appended(range) | AppendOutcome::AlreadyAppended(range) => range,
+        Ok(Some(Written {
+            event_ids,
+            range: outcome.range(),
+        }))
+    }
+
+    /// What a command did once its events are stored: the new state, which is cached, and a
+    /// snapshot when the version crossed a multiple of [`Aggregate::SNAPSHOT_EVERY`].
+    async fn finish(
+        &self,
+        id: &str,
+        loaded: Loaded<A>,
+        events: Vec<A::Event>,
+        written: Option<Written>,
+        conflicts: u32,
+    ) -> Executed<A> {
+        let Loaded { mut state, version } = loaded;
+        let Some(Written { event_ids, range }) = written else {
+            self.remember(id, &state, version);
+            return Executed {
+                events,
+                event_ids: Vec::new(),
+                first_version: version + 1,
+                version,
+                last_position: None,
+                state,
+                conflicts,
+            };
         };
         for event in &events {
             state.apply_event(event);
@@ -507,44 +635,75 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         {
             self.save_snapshot(id, &state, range.last_version).await;
         }
-        Ok(Executed {
+        self.remember(id, &state, range.last_version);
+        Executed {
             events,
             event_ids,
             first_version: range.first_version,
             version: range.last_version,
             last_position: Some(range.last_position),
             state,
-            conflicts: 0,
-        })
-    }
-
-    /// Saves a snapshot; a failure only costs a longer replay later, so it is logged, not raised.
-    async fn save_snapshot(&self, id: &str, state: &A, version: u64) {
-        let Some(encoded) = state.encode_state() else {
-            return;
-        };
-        let result = match encoded {
-            Ok(state) => {
-                let snapshot = Snapshot {
-                    stream_type: A::NAME.to_owned(),
-                    stream_id: id.to_owned(),
-                    stream_version: version,
-                    state_version: A::STATE_VERSION,
-                    state,
-                    taken_at: Utc::now(),
-                };
-                self.store
-                    .save_snapshot(&snapshot)
-                    .await
-                    .map_err(|error| error.to_string())
-            }
-            Err(error) => Err(error.to_string()),
-        };
-        match result {
-            Ok(()) => tracing::debug!(stream_id = id, version, "snapshot saved"),
-            Err(error) => tracing::warn!(stream_id = id, version, %error, "snapshot not saved"),
+            conflicts,
         }
     }
+
+    /// Saves a snapshot off the command's path: in a task of its own when a tokio runtime runs
+    /// (the command does not wait for it), else before returning. A failure only costs a longer
+    /// replay later, so it is logged, not raised; and of two racing saves the store keeps the
+    /// newer snapshot, whichever lands last.
+    async fn save_snapshot(&self, id: &str, state: &A, version: u64) {
+        let span = tracing::debug_span!("es.snapshot", stream_id = id, version);
+        let state = match state.encode_state() {
+            None => return,
+            Some(Ok(state)) => state,
+            Some(Err(error)) => {
+                span.in_scope(|| tracing::warn!(%error, "snapshot not saved"));
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_type: A::NAME.to_owned(),
+            stream_id: id.to_owned(),
+            stream_version: version,
+            state_version: A::STATE_VERSION,
+            state,
+            taken_at: Utc::now(),
+        };
+        let store = self.store.clone();
+        let save = async move {
+            match store.save_snapshot(&snapshot).await {
+                Ok(()) => tracing::debug!("snapshot saved"),
+                Err(error) => tracing::warn!(%error, "snapshot not saved"),
+            }
+        }
+        .instrument(span);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(save)),
+            Err(_) => save.await,
+        }
+    }
+
+    fn cached(&self, id: &str) -> Option<Loaded<A>> {
+        self.cache.as_ref()?.get(id)
+    }
+
+    fn remember(&self, id: &str, state: &A, version: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(id, state, version);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.remove(id);
+        }
+    }
+}
+
+/// The ids and versions of the events a command appended.
+struct Written {
+    event_ids: Vec<Uuid>,
+    range: AppendedRange,
 }
 
 fn check_id(id: &str) -> Result<(), LoadError> {

@@ -312,7 +312,8 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
-    /// Saves a snapshot, replacing the stream's previous one.
+    /// Saves a snapshot, replacing the stream's previous one unless that one is at a newer
+    /// stream version: of two saves that race, the newer snapshot stays, whichever lands last.
     fn save_snapshot(
         &self,
         snapshot: &Snapshot,

@@ -84,13 +84,14 @@ impl Sql {
                     WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint) \
                     ORDER BY transaction_id, position LIMIT 1) IS NOT NULL",
             ),
-            save_snapshot: s("INSERT INTO {schema}.snapshots \
+            save_snapshot: s("INSERT INTO {schema}.snapshots AS saved \
                    (stream_id, stream_type, stream_version, state_version, state, taken_at) \
                  VALUES ($1, $2, $3, $4, $5::jsonb, $6) \
                  ON CONFLICT (stream_id) DO UPDATE SET \
                    stream_type = excluded.stream_type, stream_version = excluded.stream_version, \
                    state_version = excluded.state_version, state = excluded.state, \
-                   taken_at = excluded.taken_at"),
+                   taken_at = excluded.taken_at \
+                 WHERE excluded.stream_version >= saved.stream_version"),
             load_snapshot: s(
                 "SELECT stream_type, stream_version, state_version, state::text, taken_at \
                  FROM {schema}.snapshots WHERE stream_id = $1",

@@ -836,7 +836,8 @@ impl EventStore for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (stream_id) DO UPDATE SET stream_type = excluded.stream_type, \
                stream_version = excluded.stream_version, state_version = excluded.state_version, \
-               state = excluded.state, taken_at = excluded.taken_at",
+               state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.stream_version >= es_snapshots.stream_version",
         )
         .bind(stream_id)
         .bind(&snapshot.stream_type)

@@ -265,6 +265,24 @@ async fn retries_stop_at_the_limit_with_a_typed_error() {
     );
 }
 
+/// The stream's snapshot, once one at `version` or later is saved: a command saves its snapshot
+/// in a task of its own and does not wait for it.
+async fn saved_snapshot(store: &MemoryStore, id: &str, version: u64) -> Snapshot {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(snapshot) = store.load_snapshot(id).await.unwrap()
+            && snapshot.stream_version >= version
+        {
+            return snapshot;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot of `{id}` at version {version} or later within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
     let store = MemoryStore::new();
@@ -284,11 +302,7 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
         .execute("c", &Add(1), &CommandContext::new())
         .await
         .unwrap();
-    let snapshot = store
-        .load_snapshot("c")
-        .await
-        .unwrap()
-        .expect("a snapshot at version 7");
+    let snapshot = saved_snapshot(&store, "c", 7).await;
     assert_eq!((snapshot.stream_version, snapshot.state_version), (7, 1));
     assert_eq!(
         snapshot.state.decode::<Counter>().unwrap(),
@@ -317,6 +331,78 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
     );
 }
 
+/// A store whose snapshot saves wait for a permit, to see whether commands wait for them.
+#[derive(Clone)]
+struct HeldSnapshots {
+    inner: MemoryStore,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl EventStore for HeldSnapshots {
+    async fn append(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<es_core::AppendOutcome, StoreError> {
+        self.inner
+            .append(stream_type, stream_id, expected, events)
+            .await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from: u64,
+        until: Until,
+    ) -> es_core::EventStream<'a> {
+        self.inner.read_stream(stream_id, from, until)
+    }
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.stream_version(stream_id).await
+    }
+    async fn read_all(
+        &self,
+        after: es_core::Position,
+        limit: usize,
+    ) -> Result<Vec<es_core::RecordedEvent>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore stays open");
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream_id).await
+    }
+}
+
+#[tokio::test]
+async fn a_command_does_not_wait_for_its_snapshot() {
+    let store = HeldSnapshots {
+        inner: MemoryStore::new(),
+        permits: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let counters = Repository::<Counter, _>::new(store.clone());
+    for version in 1..=8 {
+        let context = CommandContext::new();
+        let command = counters.execute("c", &Add(1), &context);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), command)
+            .await
+            .expect("the command returns while its snapshot waits")
+            .unwrap();
+        assert_eq!(done.version, version);
+    }
+    assert_eq!(store.inner.load_snapshot("c").await.unwrap(), None);
+    store.permits.add_permits(1);
+    let snapshot = saved_snapshot(&store.inner, "c", 7).await;
+    assert_eq!(snapshot.stream_version, 7);
+}
+
 #[tokio::test]
 async fn outdated_or_undecodable_snapshots_are_ignored() {
     let store = MemoryStore::new();
@@ -327,7 +413,7 @@ async fn outdated_or_undecodable_snapshots_are_ignored() {
             .await
             .unwrap();
     }
-    let snapshot = store.load_snapshot("c").await.unwrap().unwrap();
+    let snapshot = saved_snapshot(&store, "c", 7).await;
     let bad = [
         Snapshot {
             state_version: 99,
