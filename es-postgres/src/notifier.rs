@@ -6,11 +6,23 @@
 //! one is in flight collapse into one follow-up, which starts after all of them: the last append
 //! is always followed by a notification. A crash in between only delays runners to their next
 //! poll.
+//!
+//! Why at most one notify per [`MIN_INTERVAL`]: each is a round trip and a little server work,
+//! which a steady writer paid once per append (W1 of docs/BENCHMARKS.md: ratio 0.77 with one
+//! notify per append, about 0.85 with none). Runners need a wake-up, not one per event: the
+//! first append after a quiet spell is announced at once, later ones within the interval
+//! together at its end.
 
 use std::sync::{Mutex, PoisonError};
 
+use std::time::Duration;
+
 use sqlx::postgres::PgPool;
 use tokio::sync::mpsc::{self, Receiver, Sender, error::TrySendError};
+
+/// The shortest time between two notifications of one store: how much later than its commit a
+/// busy writer's append may be announced.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The store's side of the notifier: the sender of a one-slot channel to the task, started by
 /// the first signal. Dropping it (with the store) ends the task.
@@ -44,8 +56,8 @@ impl Notifier {
     }
 }
 
-/// Sends one `pg_notify` per received signal, one at a time, until the store drops the sender
-/// (or the pool is closed).
+/// Sends one `pg_notify` per received signal, one at a time and at most one per
+/// [`MIN_INTERVAL`], until the store drops the sender (or the pool is closed).
 async fn notify(mut signals: Receiver<()>, pool: PgPool, channel: String) {
     while signals.recv().await.is_some() {
         let sent = sqlx::query("SELECT pg_notify($1, '')")
@@ -60,5 +72,7 @@ async fn notify(mut signals: Receiver<()>, pool: PgPool, channel: String) {
                 tracing::warn!(channel = %channel, %error, "notifying appended events failed")
             }
         }
+        // Signals of appends committed meanwhile wait in the slot, as one.
+        tokio::time::sleep(MIN_INTERVAL).await;
     }
 }
