@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use es_core::{AppendOutcome, AppendedRange, ExpectedVersion, NewEvent, StoreError};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -117,34 +116,6 @@ async fn append_checked(
     };
     let inner = &store.inner;
     let operation = || format!("append to stream `{stream_id}`");
-    let next_to = match expected {
-        ExpectedVersion::NoStream => Some(0),
-        ExpectedVersion::Exact(version) => i64::try_from(version).ok(),
-        ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
-    };
-    if let Some(previous) = next_to {
-        let inserted = sqlx::query(&inner.sql.insert_next)
-            .bind(stream_type)
-            .bind(stream_id)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(previous)
-            .fetch_all(&inner.pool)
-            .await;
-        match inserted {
-            Ok(rows) if !rows.is_empty() => {
-                return appended(&rows, events.len(), previous, stream_id);
-            }
-            // The stream is short of the expected version, or a unique key caught a concurrent
-            // writer or a stored id: the general statement below tells which.
-            Ok(_) => {}
-            Err(error) if is_race(&error, VERSION_KEY) || is_race(&error, EVENT_ID_KEY) => {}
-            Err(error) => return Err(map_error(error, stream_id)),
-        }
-    }
     let mut attempts: u32 = 0;
     // Each retry follows a unique violation, which PostgreSQL raises only after the other
     // writer committed; the next attempt's snapshot sees that commit and decides on it. So every
@@ -229,46 +200,6 @@ async fn append_checked(
             )?,
         }));
     }
-}
-
-/// The range `insert_next.sql` wrote after version `previous`, from its rows (one per event).
-fn appended(
-    rows: &[PgRow],
-    events: usize,
-    previous: i64,
-    stream_id: &str,
-) -> Result<AppendOutcome, StoreError> {
-    let operation = || format!("append to stream `{stream_id}`");
-    let reply = |e| StoreError::backend(operation(), e);
-    if rows.len() != events {
-        return Err(StoreError::backend(
-            operation(),
-            format!("the append wrote {} of {events} events", rows.len()),
-        ));
-    }
-    let mut last: Option<(i64, i64, String)> = None;
-    for row in rows {
-        let stored_version: i64 = row.try_get(0).map_err(reply)?;
-        let sequence: i64 = row.try_get(1).map_err(reply)?;
-        if last
-            .as_ref()
-            .is_none_or(|(_, before, _)| sequence > *before)
-        {
-            last = Some((stored_version, sequence, row.try_get(2).map_err(reply)?));
-        }
-    }
-    let Some((stored_version, sequence, transaction)) = last else {
-        return Err(StoreError::backend(
-            operation(),
-            "the append reported no event",
-        ));
-    };
-    let last_version = version(stored_version, stream_id)?;
-    Ok(AppendOutcome::Appended(AppendedRange {
-        first_version: version(previous + 1, stream_id)?,
-        last_version,
-        last_position: position(&transaction, sequence, stream_id, stored_version)?,
-    }))
 }
 
 /// Whether `error` is a unique violation of `constraint` (caused by a concurrent writer or by a

@@ -11,7 +11,6 @@ const EVENT_COLUMNS: &str = "stream_type, stream_id, stream_version, position, t
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
-    pub(crate) insert_next: String,
     pub(crate) classify: String,
     read_stream_to_end: String,
     read_stream_to_version: String,
@@ -49,7 +48,6 @@ impl Sql {
         );
         Self {
             append: s(include_str!("sql/append.sql")),
-            insert_next: s(include_str!("sql/insert_next.sql")),
             classify: s(include_str!("sql/classify.sql")),
             read_stream_to_end: format!("{read_stream} ORDER BY stream_version"),
             read_stream_to_version: format!(
