@@ -211,10 +211,18 @@ pub async fn idempotent_resend<S: EventStore>(store: S) {
     // The reply was lost: the client sends the same batch with the same expectation again.
     let again = append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
     assert_eq!(again, AppendOutcome::AlreadyAppended(first.range()));
-    let again_any = append(&store, "s", ExpectedVersion::Any, batch).await;
+    let again_any = append(&store, "s", ExpectedVersion::Any, batch.clone()).await;
     assert_eq!(again_any, AppendOutcome::AlreadyAppended(first.range()));
-    assert_eq!(read(&store, "s", 1, Until::End).await.len(), 3);
-    assert_eq!(read_whole_log(&store, 100).await.len(), 3);
+    // Re-sent after the stream moved on: still the same batch, not a conflict.
+    let second_batch = events(4, 2);
+    let second = append(&store, "s", ExpectedVersion::Exact(3), second_batch.clone()).await;
+    append(&store, "s", ExpectedVersion::Exact(5), events(6, 1)).await;
+    let again_exact = append(&store, "s", ExpectedVersion::Exact(3), second_batch).await;
+    assert_eq!(again_exact, AppendOutcome::AlreadyAppended(second.range()));
+    let again_first = append(&store, "s", ExpectedVersion::NoStream, batch).await;
+    assert_eq!(again_first, AppendOutcome::AlreadyAppended(first.range()));
+    assert_eq!(read(&store, "s", 1, Until::End).await.len(), 6);
+    assert_eq!(read_whole_log(&store, 100).await.len(), 6);
 }
 
 /// An id already used by another event is an error, whatever stream or batch it comes in.

@@ -243,7 +243,10 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     ///
     /// Re-sending a batch that was written before returns [`AppendOutcome::AlreadyAppended`]; an
     /// id used elsewhere is [`StoreError::DuplicateEventId`]. The idempotency check comes before
-    /// the version check, so a re-sent batch does not report a conflict.
+    /// the version check, so a re-sent batch does not report a conflict. A batch that both
+    /// fails its expectation and reuses an id of another batch may get either error (a store
+    /// may skip looking the ids up when the batch cannot be a re-send); sent again at the
+    /// stream's current version, it gets [`StoreError::DuplicateEventId`].
     fn append(
         &self,
         stream_type: &str,

@@ -162,7 +162,16 @@ async fn append_checked(
         if written == 0 {
             // The expectation does not hold; but a re-sent batch is not a conflict, so the
             // ids are looked up first (the idempotency check comes before the version check).
-            if let Some(outcome) = classify(store, stream_id, &ids).await? {
+            // A batch re-sent with an exact expectation (or none for no stream) sits right
+            // after that version: unless its first event is there, this is a plain conflict.
+            let next_event_id: Option<Uuid> = row.try_get(5).map_err(reply)?;
+            let maybe_resent = match expected {
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(_) => {
+                    next_event_id == Some(ids[0])
+                }
+                ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+            };
+            if maybe_resent && let Some(outcome) = classify(store, stream_id, &ids).await? {
                 return Ok(outcome);
             }
             return Err(StoreError::Conflict {

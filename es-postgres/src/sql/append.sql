@@ -62,5 +62,14 @@ summary AS (
     FROM inserted
 )
 SELECT head.version, summary.written, summary.last_version, summary.last_position,
-       summary.last_transaction
+       summary.last_transaction,
+       -- When nothing was written: the id of the event right after the exact version, where a
+       -- re-sent batch of this expectation sits, so that a plain conflict needs no look-up of
+       -- the batch's ids (`classify.sql`, a round trip more; W5 in docs/BENCHMARKS.md). An
+       -- equality on the stream key, like `last`, which no cached plan turns into a scan.
+       CASE WHEN summary.written = 0 THEN (
+           SELECT e.event_id
+           FROM {schema}.events e
+           WHERE e.stream_id = $2 AND e.stream_version = $9::bigint + 1
+       ) END AS next_event_id
 FROM head CROSS JOIN summary
