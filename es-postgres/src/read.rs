@@ -18,7 +18,11 @@ use crate::store::PgStore;
 /// The longest pause between two looks while committed events are held back.
 const HORIZON_POLL_MAX: Duration = Duration::from_millis(50);
 
-fn corrupt(stream_id: &str, stream_version: i64, reason: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(
+    stream_id: &str,
+    stream_version: i64,
+    reason: impl Into<String>,
+) -> StoreError {
     StoreError::CorruptRow {
         stream_id: stream_id.to_owned(),
         stream_version,

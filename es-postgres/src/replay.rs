@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use tracing::Instrument;
 
-use crate::read::{stream_range, version};
+use crate::read::{corrupt, stream_range, version};
 use crate::store::PgStore;
 
 /// Replays `stream_id` from `from_version` up to `until` into `visit`.
@@ -84,17 +84,9 @@ fn event<'r>(row: &'r PgRow, stream_id: &str) -> Result<ReplayedEvent<'r>, Store
             corrupt(
                 stream_id,
                 stored_version,
-                "the schema version is not a 32-bit unsigned number".to_owned(),
+                "the schema version is not a 32-bit unsigned number",
             )
         })?,
         payload: row.try_get_unchecked(4).map_err(|e| column("payload", e))?,
     })
-}
-
-fn corrupt(stream_id: &str, stream_version: i64, reason: String) -> StoreError {
-    StoreError::CorruptRow {
-        stream_id: stream_id.to_owned(),
-        stream_version,
-        reason,
-    }
 }

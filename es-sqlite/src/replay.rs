@@ -17,11 +17,11 @@ use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 use tracing::Instrument;
 
-use crate::rows::saturating_i64;
+use crate::rows::{event_version, saturating_i64, version_u32};
 use crate::store::bounds;
 
-/// How many events one query reads.
-const PAGE: i64 = 500;
+/// How many events one query reads: as many as a page of `read_stream`.
+const PAGE: i64 = crate::store::PAGE as i64;
 
 /// The events of a replay: `?1` stream, `?2`..`?3` versions, `?4` latest recording time, `?5`
 /// the page size.
@@ -169,21 +169,19 @@ fn event<'a>(
     schema_version: i64,
     payload: &'a str,
 ) -> Result<ReplayedEvent<'a>, StoreError> {
-    let invalid = |reason: &str| StoreError::CorruptRow {
+    let read = || -> Result<ReplayedEvent<'a>, String> {
+        Ok(ReplayedEvent {
+            stream_type,
+            stream_version: event_version(version)?,
+            event_type,
+            schema_version: version_u32("schema_version", schema_version)?,
+            payload,
+        })
+    };
+    read().map_err(|reason| StoreError::CorruptRow {
         stream_id: stream_id.to_owned(),
         stream_version: version,
-        reason: reason.to_owned(),
-    };
-    Ok(ReplayedEvent {
-        stream_type,
-        stream_version: u64::try_from(version)
-            .ok()
-            .filter(|&version| version >= 1)
-            .ok_or_else(|| invalid("the stream version is not positive"))?,
-        event_type,
-        schema_version: u32::try_from(schema_version)
-            .map_err(|_| invalid("the schema version is not a 32-bit unsigned number"))?,
-        payload,
+        reason,
     })
 }
 

@@ -74,10 +74,7 @@ pub(crate) fn page_events(page: &str) -> Option<Vec<Result<RecordedEvent, StoreE
             recorded_at,
         ) = row;
         let read = || -> Result<RecordedEvent, String> {
-            let stream_version = unsigned("stream_version", raw_version)?;
-            if stream_version == 0 {
-                return Err("column `stream_version` holds 0; versions start at 1".to_owned());
-            }
+            let stream_version = event_version(raw_version)?;
             Ok(RecordedEvent {
                 stream_type: stream_type.into_owned(),
                 stream_id: String::new(),
@@ -136,11 +133,19 @@ where
         .map_err(|error| format!("column `{name}`: {error}"))
 }
 
+/// An event's stream version, which starts at 1.
+pub(crate) fn event_version(value: i64) -> Result<u64, String> {
+    match unsigned("stream_version", value)? {
+        0 => Err("column `stream_version` holds 0; versions start at 1".to_owned()),
+        version => Ok(version),
+    }
+}
+
 fn unsigned(name: &str, value: i64) -> Result<u64, String> {
     u64::try_from(value).map_err(|_| format!("column `{name}` holds the negative value {value}"))
 }
 
-fn version_u32(name: &str, value: i64) -> Result<u32, String> {
+pub(crate) fn version_u32(name: &str, value: i64) -> Result<u32, String> {
     u32::try_from(value)
         .map_err(|_| format!("column `{name}` holds {value}, outside 0..=4294967295"))
 }
@@ -188,10 +193,7 @@ fn read_event(
     stream_id: String,
     raw_version: i64,
 ) -> Result<RecordedEvent, String> {
-    let stream_version = unsigned("stream_version", raw_version)?;
-    if stream_version == 0 {
-        return Err("column `stream_version` holds 0; versions start at 1".to_owned());
-    }
+    let stream_version = event_version(raw_version)?;
     let transaction = unsigned("transaction_id", column(row, "transaction_id")?)?;
     let sequence = unsigned("position", column(row, "position")?)?;
     let event_id: String = column(row, "event_id")?;

@@ -19,7 +19,7 @@ use crate::options::SqliteOptions;
 use crate::rows::{self, EVENT_COLUMNS, micros, now_micros, position_params, saturating_i64};
 
 /// How many rows a stream read fetches per query.
-const PAGE: usize = 500;
+pub(crate) const PAGE: usize = 500;
 
 /// The rows of a stream read: `?1` stream, `?2`..`?3` versions, `?4` latest recording time.
 const READ_STREAM_FILTER: &str =
