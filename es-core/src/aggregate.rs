@@ -61,6 +61,12 @@ pub trait Handle<C>: Aggregate {
     /// The domain error a rejected command returns.
     type Error: std::error::Error + Send + Sync + 'static;
 
+    /// Whether the command may start a new stream. `false` (the default): executed on a stream
+    /// that does not exist, the command fails as not found without being decided. Set it to
+    /// `true` for the commands that create an aggregate (they are decided on the empty state,
+    /// and [`Repository::create`](crate::Repository::create) accepts them).
+    const CREATES: bool = false;
+
     /// Decides which events the command produces, or why it is rejected.
     fn handle(&self, command: &C) -> Result<Vec<Self::Event>, Self::Error>;
 }

@@ -59,6 +59,8 @@
 #![deny(missing_docs)]
 
 mod aggregate;
+pub mod backoff;
+pub mod contract;
 mod envelope;
 mod event;
 mod json;
@@ -67,6 +69,7 @@ pub mod projection;
 mod repository;
 pub mod schema;
 mod store;
+mod stream;
 pub mod testing;
 
 #[cfg(feature = "conformance")]
@@ -77,15 +80,19 @@ pub mod conformance;
 pub mod __private;
 
 pub use aggregate::{Aggregate, Apply, Handle};
-pub use envelope::{CommandContext, Metadata, NewEvent, Position, RecordedEvent};
+pub use envelope::{CommandContext, InvalidPosition, Metadata, NewEvent, Position, RecordedEvent};
 pub use event::{DecodeError, Event, EventSchema, EventType};
 pub use json::RawJson;
 pub use memory::{MemoryLock, MemoryStore, MemoryTransaction};
-pub use repository::{DEFAULT_MAX_RETRIES, ExecuteError, Executed, LoadError, Loaded, Repository};
+pub use repository::{
+    DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF, ExecuteError, Executed, LoadError, Loaded,
+    Repository, StartedFrom, TenantRepositories,
+};
 pub use store::{
     AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, ReplayedEvent,
-    Snapshot, StoreError, Until, check_batch,
+    Snapshot, StoreError, Until,
 };
+pub use stream::{DEFAULT_TENANT, InvalidTenant, LogScope, StreamKey, StreamKeyBuf, Tenant};
 
 /// Derives [`Event`] for an enum of domain events. See the crate documentation of `es-derive`
 /// for the attribute table.

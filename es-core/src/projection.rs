@@ -1,4 +1,5 @@
-//! Projections: read models built from the global log (P14, P15).
+//! Projections: read models built from the global log, with checkpoints, retries, dead letters
+//! and rebuilds.
 //!
 //! A [`Projection`] names itself, declares the event enum it consumes and handles each of those
 //! events with its envelope. A [`ProjectionRunner`] feeds it from the projection's checkpoint in
@@ -16,6 +17,15 @@
 //! the runner stops with the error ([`OnFailure::Stop`]). An event the projection declares but
 //! cannot decode is treated the same way, without retries (decoding again would fail again).
 //! Nothing is skipped silently.
+//!
+//! **One runner per projection.** A runner takes the projection's lock in the store before it
+//! reads, and every transaction it commits is *fenced*: the store checks, inside the
+//! transaction, that the lock is still held ([`ProjectionStore::fence`]). A runner that lost its
+//! lock (a network cut, an expired lease) fails with [`StoreError::LockLost`] and commits
+//! nothing, so a read model never sees an event twice from two runners.
+//!
+//! **Tenants.** A runner reads every tenant's events unless scoped to one with
+//! [`ProjectionRunner::for_tenant`]; the envelope names each event's tenant.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -26,9 +36,11 @@ use futures_util::FutureExt;
 use futures_util::future::Either;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::envelope::{Position, RecordedEvent};
 use crate::event::{DecodeError, Event};
 use crate::store::{EventStore, StoreError};
+use crate::stream::{LogScope, StreamKeyBuf, Tenant};
 
 /// A boxed error from a projection's handler.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,7 +54,11 @@ pub struct DeadLetter {
     pub position: Position,
     /// The event's id.
     pub event_id: Uuid,
-    /// The event's stream.
+    /// The tenant of the event's stream.
+    pub tenant: String,
+    /// The type of the event's stream.
+    pub stream_type: String,
+    /// The event's stream id.
     pub stream_id: String,
     /// The event's version in its stream.
     pub stream_version: u64,
@@ -62,6 +78,8 @@ impl DeadLetter {
             projection: projection.to_owned(),
             position: event.position,
             event_id: event.event_id,
+            tenant: event.tenant.clone(),
+            stream_type: event.stream_type.clone(),
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
             event_type: event.event_type.clone(),
@@ -74,14 +92,25 @@ impl DeadLetter {
 
 /// What a store offers projections: checkpoints, dead letters, a transaction shared with the
 /// read model, a lock so one runner per projection works at a time, and live notification.
+///
+/// A store must implement the transaction, checkpoint, dead-letter and lock methods;
+/// [`count_after`](Self::count_after), [`wait_for_events`](Self::wait_for_events) and
+/// [`release`](Self::release) have correct defaults (paging, polling, dropping the lock) that a
+/// store overrides to be faster or to wake runners at once. Every implementation passes the
+/// projection conformance suite (`es_core::conformance`, feature `conformance`).
 pub trait ProjectionStore: EventStore {
     /// The unit of work a batch commits: read-model writes of SQL projections go through it.
     type Transaction: Send;
-    /// Held while a runner owns a projection; dropping it releases the projection.
+    /// Held while a runner owns a projection; dropping it releases the projection (perhaps only
+    /// later: [`release`](Self::release) releases it before returning).
     type Lock: Send;
 
-    /// Starts a transaction.
-    fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
+    /// Starts a transaction for work on the events of `scope` (a store that isolates tenants
+    /// scopes the transaction to the tenant).
+    fn begin(
+        &self,
+        scope: LogScope<'_>,
+    ) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
 
     /// Commits a transaction. Dropping one uncommitted rolls it back.
     fn commit(
@@ -131,29 +160,77 @@ pub trait ProjectionStore: EventStore {
         projection: &str,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, StoreError>> + Send;
 
-    /// The event at `position`, if it exists.
-    fn read_event(
-        &self,
-        position: Position,
-    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
-
-    /// How many events the log holds after `after` (for progress reports).
-    fn count_after(&self, after: Position) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
     /// Takes the projection's lock, or `None` at once if another runner holds it.
     fn try_lock(
         &self,
         projection: &str,
     ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send;
 
-    /// Waits until events may have been appended after `after`, or `timeout` passed. Returns
-    /// early on a notification; spurious wake-ups are allowed.
+    /// Checks, inside `transaction`, that `lock` is still held, so that the transaction commits
+    /// only if no other runner can have taken the projection over; [`StoreError::LockLost`]
+    /// otherwise. The runner calls it before every commit.
+    fn fence(
+        &self,
+        transaction: &mut Self::Transaction,
+        lock: &Self::Lock,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Releases the lock, and returns once another runner can take it. The default drops it.
+    fn release(&self, lock: Self::Lock) -> impl Future<Output = Result<(), StoreError>> + Send {
+        drop(lock);
+        async { Ok(()) }
+    }
+
+    /// How many events of `scope` the log holds after `after` (for progress reports). The
+    /// default reads them in pages; stores override it with a count.
+    fn count_after(
+        &self,
+        scope: LogScope<'_>,
+        after: Position,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut count = 0u64;
+            let mut after = after;
+            loop {
+                let page = self.read_all(scope, after, COUNT_PAGE).await?;
+                let Some(last) = page.last() else {
+                    return Ok(count);
+                };
+                after = last.position;
+                count += page.len() as u64;
+            }
+        }
+    }
+
+    /// Waits until events of `scope` may have been appended after `after`, or `timeout` passed.
+    /// Spurious wake-ups are allowed. The default looks at the log every 10 ms at first,
+    /// backing off to every 500 ms; stores that can be notified override it.
     fn wait_for_events(
         &self,
+        scope: LogScope<'_>,
         after: Position,
         timeout: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let deadline = Instant::now() + timeout;
+            let mut pause = Duration::from_millis(10);
+            loop {
+                if !self.read_all(scope, after, 1).await?.is_empty() {
+                    return Ok(());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
 }
+
+/// The page size of the default [`ProjectionStore::count_after`].
+const COUNT_PAGE: usize = 1000;
 
 /// A read model fed from the global log.
 ///
@@ -196,7 +273,8 @@ pub enum OnFailure {
 pub struct RetryPolicy {
     /// Attempts in all, the first included (at least 1).
     pub max_attempts: u32,
-    /// The wait after the first failure; doubled after each further one.
+    /// The wait after the first failure; doubled after each further one (each wait is drawn
+    /// between half and all of that, so runners that failed together do not retry together).
     pub initial_backoff: Duration,
     /// The longest wait.
     pub max_backoff: Duration,
@@ -213,11 +291,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, failures: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+    /// The wait after `failures` failed attempts: doubling from `initial_backoff` up to
+    /// `max_backoff`, with jitter (see [`Backoff`]).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        Backoff::new(self.initial_backoff, self.max_backoff).delay(failures)
     }
 }
 
@@ -301,7 +378,7 @@ pub enum ProjectionError {
     },
     /// An event failed every attempt and the policy is [`OnFailure::Stop`].
     #[error(
-        "projection `{projection}` stopped at event `{event_type}` (stream `{stream_id}` version {stream_version}, position {position}) after {attempts} attempts: {source}"
+        "projection `{projection}` stopped at event `{event_type}` (stream `{stream}` version {stream_version}, position {position}) after {attempts} attempts: {source}"
     )]
     Handler {
         /// The projection.
@@ -309,7 +386,7 @@ pub enum ProjectionError {
         /// The event's position.
         position: Position,
         /// The event's stream.
-        stream_id: String,
+        stream: StreamKeyBuf,
         /// The event's stream version.
         stream_version: u64,
         /// The event type.
@@ -338,14 +415,20 @@ pub enum ProjectionError {
 }
 
 /// Runs one projection: catch-up, live tailing, rebuilds and parked-event retries.
+///
+/// Every operation takes the projection's lock first ([`ProjectionError::AlreadyRunning`] when
+/// another runner holds it) and releases it before returning.
 #[derive(Debug)]
-pub struct ProjectionRunner<S, P> {
+pub struct ProjectionRunner<S: ProjectionStore, P> {
     store: S,
     projection: P,
+    tenant: Option<Tenant>,
     batch_size: usize,
     retry: RetryPolicy,
     on_failure: OnFailure,
     idle_timeout: Duration,
+    /// Held while an operation runs.
+    lock: Option<S::Lock>,
 }
 
 /// The outcome of handling one event.
@@ -355,16 +438,27 @@ enum Handled {
 }
 
 impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
-    /// A runner with batches of 500, [`RetryPolicy::default`] and [`OnFailure::Park`].
+    /// A runner over every tenant's events, with batches of 500, [`RetryPolicy::default`] and
+    /// [`OnFailure::Park`].
     pub fn new(store: S, projection: P) -> Self {
         Self {
             store,
             projection,
+            tenant: None,
             batch_size: 500,
             retry: RetryPolicy::default(),
             on_failure: OnFailure::Park,
             idle_timeout: Duration::from_secs(5),
+            lock: None,
         }
+    }
+
+    /// Feeds the projection the events of `tenant` only. Its checkpoint, lock and dead letters
+    /// are kept apart from those of the same projection for other tenants (under
+    /// `<name>@<tenant>`), so one projection type can run once per tenant.
+    pub fn for_tenant(mut self, tenant: Tenant) -> Self {
+        self.tenant = Some(tenant);
+        self
     }
 
     /// Sets how many events are read and committed together.
@@ -409,42 +503,137 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         self.projection
     }
 
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The key of the projection's checkpoint, lock and dead letters: its name, with the
+    /// tenant for a runner scoped to one.
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            None => self.projection.name().to_owned(),
+            Some(tenant) => format!("{}@{tenant}", self.projection.name()),
+        }
+    }
+
+    fn scope(&self) -> LogScope<'_> {
+        match &self.tenant {
+            None => LogScope::AllTenants,
+            Some(tenant) => LogScope::Tenant(tenant.as_str()),
+        }
+    }
+
     fn store_error(&self, source: StoreError) -> ProjectionError {
         ProjectionError::Store {
-            projection: self.projection.name().to_owned(),
+            projection: self.key(),
             source,
         }
     }
 
-    async fn lock(&self) -> Result<S::Lock, ProjectionError> {
-        self.store
-            .try_lock(self.projection.name())
+    /// The projection's checkpoint: where the next batch starts (`Position::START` when it
+    /// never ran).
+    pub async fn checkpoint(&mut self) -> Result<Position, ProjectionError> {
+        let key = self.key();
+        match self.store.load_checkpoint(&key).await {
+            Ok(checkpoint) => Ok(checkpoint.unwrap_or(Position::START)),
+            Err(source) => Err(ProjectionError::Store {
+                projection: key,
+                source,
+            }),
+        }
+    }
+
+    /// Takes the lock for one operation.
+    async fn acquire(&mut self) -> Result<(), ProjectionError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let lock = self
+            .store
+            .try_lock(&self.key())
             .await
             .map_err(|e| self.store_error(e))?
             .ok_or_else(|| ProjectionError::AlreadyRunning {
-                projection: self.projection.name().to_owned(),
-            })
+                projection: self.key(),
+            })?;
+        self.lock = Some(lock);
+        Ok(())
+    }
+
+    /// Releases the lock before an operation returns, so that another runner can take it at
+    /// once; a failure only means the lock goes when its connection or lease does.
+    async fn release(&mut self) {
+        if let Some(lock) = self.lock.take()
+            && let Err(error) = self.store.release(lock).await
+        {
+            tracing::warn!(projection = %self.key(), %error, "failed to release the projection lock; it goes when its connection or lease does");
+        }
+    }
+
+    /// Runs `operation` holding the lock, and releases it afterwards whatever the outcome.
+    async fn locked<T>(
+        &mut self,
+        operation: impl AsyncFnOnce(&mut Self) -> Result<T, ProjectionError>,
+    ) -> Result<T, ProjectionError> {
+        self.acquire().await?;
+        let result = operation(self).await;
+        self.release().await;
+        result
+    }
+
+    /// Fences and commits a transaction of this runner.
+    async fn commit(&mut self, mut transaction: S::Transaction) -> Result<(), ProjectionError> {
+        if let Some(lock) = &self.lock {
+            self.store
+                .fence(&mut transaction, lock)
+                .await
+                .map_err(|e| self.store_error(e))?;
+        }
+        self.store
+            .commit(transaction)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    async fn begin(&mut self) -> Result<S::Transaction, ProjectionError> {
+        self.store
+            .begin(self.scope())
+            .await
+            .map_err(|e| self.store_error(e))
     }
 
     /// Processes everything in the log now, then returns the checkpoint reached.
     pub async fn catch_up(&mut self) -> Result<Position, ProjectionError> {
-        let _lock = self.lock().await?;
-        self.catch_up_locked(&mut |_| {}).await
+        self.locked(async |runner| runner.catch_up_locked(&mut |_| {}).await)
+            .await
     }
 
-    /// Catches up, then tails the log live until `shutdown` completes; stops between batches.
+    /// Catches up, then tails the log live until `shutdown` completes; stops between batches,
+    /// releases the lock and returns the checkpoint reached.
     pub async fn run(
         &mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Position, ProjectionError> {
-        let _lock = self.lock().await?;
+        self.locked(async |runner| runner.run_locked(shutdown).await)
+            .await
+    }
+
+    async fn run_locked(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Position, ProjectionError> {
         let mut shutdown = pin!(shutdown);
         loop {
             let checkpoint = self.catch_up_until(shutdown.as_mut()).await?;
             let Some(checkpoint) = checkpoint else {
                 return self.checkpoint().await;
             };
-            let wait = pin!(self.store.wait_for_events(checkpoint, self.idle_timeout));
+            let wait = pin!(self.store.wait_for_events(
+                self.scope(),
+                checkpoint,
+                self.idle_timeout
+            ));
             match futures_util::future::select(shutdown.as_mut(), wait).await {
                 Either::Left(((), _)) => return Ok(checkpoint),
                 Either::Right((woken, _)) => woken.map_err(|e| self.store_error(e))?,
@@ -464,7 +653,7 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             }
             let batch = self
                 .store
-                .read_all(checkpoint, self.batch_size)
+                .read_all(self.scope(), checkpoint, self.batch_size)
                 .await
                 .map_err(|e| self.store_error(e))?;
             let Some(last) = batch.last() else {
@@ -476,15 +665,6 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         }
     }
 
-    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
-        Ok(self
-            .store
-            .load_checkpoint(self.projection.name())
-            .await
-            .map_err(|e| self.store_error(e))?
-            .unwrap_or(Position::START))
-    }
-
     async fn catch_up_locked(
         &mut self,
         progress: &mut (dyn FnMut(Progress) + Send),
@@ -494,13 +674,13 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         let mut done = 0u64;
         let mut remaining = self
             .store
-            .count_after(checkpoint)
+            .count_after(self.scope(), checkpoint)
             .await
             .map_err(|e| self.store_error(e))?;
         loop {
             let batch = self
                 .store
-                .read_all(checkpoint, self.batch_size)
+                .read_all(self.scope(), checkpoint, self.batch_size)
                 .await
                 .map_err(|e| self.store_error(e))?;
             let Some(last) = batch.last() else {
@@ -516,7 +696,7 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                 // Writers appended since the count: count again rather than report over 100%.
                 remaining = self
                     .store
-                    .count_after(checkpoint)
+                    .count_after(self.scope(), checkpoint)
                     .await
                     .map_err(|e| self.store_error(e))?;
             }
@@ -530,86 +710,87 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         &mut self,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Position, ProjectionError> {
-        let _lock = self.lock().await?;
-        tracing::info!(
-            projection = self.projection.name(),
-            "rebuilding projection from the start"
-        );
-        let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
-        self.projection
-            .reset(&mut transaction)
-            .await
-            .map_err(|source| ProjectionError::Reset {
-                projection: self.projection.name().to_owned(),
-                source,
-            })?;
-        self.store
-            .reset_projection(&mut transaction, self.projection.name())
-            .await
-            .map_err(|e| self.store_error(e))?;
-        self.store
-            .commit(transaction)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        self.catch_up_locked(&mut progress).await
+        self.locked(async |runner| {
+            tracing::info!(
+                projection = %runner.key(),
+                "rebuilding projection from the start"
+            );
+            let mut transaction = runner.begin().await?;
+            runner
+                .projection
+                .reset(&mut transaction)
+                .await
+                .map_err(|source| ProjectionError::Reset {
+                    projection: runner.key(),
+                    source,
+                })?;
+            runner
+                .store
+                .reset_projection(&mut transaction, &runner.key())
+                .await
+                .map_err(|e| runner.store_error(e))?;
+            runner.commit(transaction).await?;
+            runner.catch_up_locked(&mut progress).await
+        })
+        .await
     }
 
     /// The projection's parked events.
-    pub async fn parked(&self) -> Result<Vec<DeadLetter>, ProjectionError> {
+    pub async fn parked(&mut self) -> Result<Vec<DeadLetter>, ProjectionError> {
+        let key = self.key();
         self.store
-            .dead_letters(self.projection.name())
+            .dead_letters(&key)
             .await
-            .map_err(|e| self.store_error(e))
+            .map_err(|source| ProjectionError::Store {
+                projection: key,
+                source,
+            })
     }
 
     /// Handles a parked event again (once, no backoff): on success it leaves the dead-letter
-    /// list; on failure it stays, with the new error and attempt count.
+    /// list and `true` is returned; on failure it stays, with the new error and attempt count.
     pub async fn retry_parked(&mut self, position: Position) -> Result<bool, ProjectionError> {
-        let name = self.projection.name().to_owned();
+        self.locked(async |runner| runner.retry_parked_locked(position).await)
+            .await
+    }
+
+    async fn retry_parked_locked(&mut self, position: Position) -> Result<bool, ProjectionError> {
+        let key = self.key();
+        let not_parked = || ProjectionError::NotParked {
+            projection: key.clone(),
+            position,
+        };
         let parked = self.parked().await?;
-        let Some(letter) = parked
+        let letter = parked
             .into_iter()
             .find(|letter| letter.position == position)
-        else {
-            return Err(ProjectionError::NotParked {
-                projection: name,
-                position,
-            });
-        };
+            .ok_or_else(not_parked)?;
         let event = self
             .store
-            .read_event(position)
+            .find_event(letter.event_id)
             .await
             .map_err(|e| self.store_error(e))?
-            .ok_or(ProjectionError::NotParked {
-                projection: name.clone(),
-                position,
-            })?;
-        let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
+            .filter(|event| event.position == position)
+            .ok_or_else(not_parked)?;
+        let mut transaction = self.begin().await?;
         match self.handle(&mut transaction, &event).await {
             Handled::Done => {
                 self.store
-                    .unpark(&mut transaction, &name, position)
+                    .unpark(&mut transaction, &key, position)
                     .await
                     .map_err(|e| self.store_error(e))?;
-                self.store
-                    .commit(transaction)
-                    .await
-                    .map_err(|e| self.store_error(e))?;
+                self.commit(transaction).await?;
                 Ok(true)
             }
             Handled::Failed { error, .. } => {
                 drop(transaction);
-                let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
-                let letter = DeadLetter::new(&name, &event, error.to_string(), letter.attempts + 1);
+                let mut transaction = self.begin().await?;
+                let letter = DeadLetter::new(&key, &event, error.to_string(), letter.attempts + 1);
                 self.store
                     .park(&mut transaction, &letter)
                     .await
                     .map_err(|e| self.store_error(e))?;
-                self.store
-                    .commit(transaction)
-                    .await
-                    .map_err(|e| self.store_error(e))?;
+                self.commit(transaction).await?;
                 Ok(false)
             }
         }
@@ -634,14 +815,15 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
     /// The batch in one transaction with its checkpoint; if anything fails, the batch is rolled
     /// back and redone one event per transaction, so the failing event is retried alone.
     async fn process_batch(&mut self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let key = self.key();
         let span = tracing::debug_span!(
             "es.projection.batch",
-            projection = self.projection.name(),
+            projection = %key,
             events = batch.len(),
             elapsed_us = tracing::field::Empty
         );
         let started = Instant::now();
-        let mut transaction = self.store.begin().await.map_err(|e| self.store_error(e))?;
+        let mut transaction = self.begin().await?;
         let mut failure = None;
         for (index, event) in batch.iter().enumerate() {
             if let Handled::Failed { error, retry } = self.handle(&mut transaction, event).await {
@@ -663,16 +845,12 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                 self.process_alone(event, earlier).await?;
             }
         } else {
-            let name = self.projection.name().to_owned();
             let last = batch.last().map_or(Position::START, |e| e.position);
             self.store
-                .save_checkpoint(&mut transaction, &name, last)
+                .save_checkpoint(&mut transaction, &key, last)
                 .await
                 .map_err(|e| self.store_error(e))?;
-            self.store
-                .commit(transaction)
-                .await
-                .map_err(|e| self.store_error(e))?;
+            self.commit(transaction).await?;
         }
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         Ok(())
@@ -685,15 +863,14 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         event: &RecordedEvent,
         mut earlier: Option<(HandlerError, bool)>,
     ) -> Result<(), ProjectionError> {
-        let name = self.projection.name().to_owned();
+        let key = self.key();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let outcome = match earlier.take() {
                 Some((error, retry)) => Err((error, retry)),
                 None => {
-                    let mut transaction =
-                        self.store.begin().await.map_err(|e| self.store_error(e))?;
+                    let mut transaction = self.begin().await?;
                     match self.handle(&mut transaction, event).await {
                         Handled::Done => Ok(transaction),
                         Handled::Failed { error, retry } => Err((error, retry)),
@@ -703,21 +880,17 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             let (error, retry) = match outcome {
                 Ok(mut transaction) => {
                     self.store
-                        .save_checkpoint(&mut transaction, &name, event.position)
+                        .save_checkpoint(&mut transaction, &key, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    return self
-                        .store
-                        .commit(transaction)
-                        .await
-                        .map_err(|e| self.store_error(e));
+                    return self.commit(transaction).await;
                 }
                 Err(failure) => failure,
             };
             tracing::warn!(
-                projection = %name,
+                projection = %key,
                 position = %event.position,
-                stream_id = %event.stream_id,
+                stream = %event.stream(),
                 attempts,
                 %error,
                 "projection handler failed"
@@ -728,26 +901,22 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             }
             return match self.on_failure {
                 OnFailure::Park => {
-                    let mut transaction =
-                        self.store.begin().await.map_err(|e| self.store_error(e))?;
-                    let letter = DeadLetter::new(&name, event, error.to_string(), attempts);
+                    let mut transaction = self.begin().await?;
+                    let letter = DeadLetter::new(&key, event, error.to_string(), attempts);
                     self.store
                         .park(&mut transaction, &letter)
                         .await
                         .map_err(|e| self.store_error(e))?;
                     self.store
-                        .save_checkpoint(&mut transaction, &name, event.position)
+                        .save_checkpoint(&mut transaction, &key, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    self.store
-                        .commit(transaction)
-                        .await
-                        .map_err(|e| self.store_error(e))
+                    self.commit(transaction).await
                 }
                 OnFailure::Stop => Err(ProjectionError::Handler {
-                    projection: name,
+                    projection: key,
                     position: event.position,
-                    stream_id: event.stream_id.clone(),
+                    stream: event.stream().to_owned(),
                     stream_version: event.stream_version,
                     event_type: event.event_type.clone(),
                     attempts,

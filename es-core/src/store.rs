@@ -1,5 +1,6 @@
-//! The store contract every backend implements: append under an expected version, stream reads,
-//! global-log reads and snapshots. Stores see payloads as JSON text only (P6).
+//! The store interface every backend implements: append under an expected version, stream
+//! reads, global-log reads and snapshots. Stores see payloads as JSON text only: typed decoding
+//! happens above them.
 
 use std::fmt;
 use std::future::Future;
@@ -10,10 +11,12 @@ use futures_core::Stream;
 use futures_util::StreamExt;
 use uuid::Uuid;
 
+use crate::contract::InputRule;
 use crate::envelope::{NewEvent, Position, RecordedEvent};
 use crate::json::RawJson;
+use crate::stream::{LogScope, StreamKey, StreamKeyBuf};
 
-/// The state a stream must be in for an append to go through (optimistic concurrency, P7).
+/// The state a stream must be in for an append to go through (optimistic concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExpectedVersion {
     /// Append whatever the stream's state.
@@ -103,12 +106,14 @@ impl AppendOutcome {
     }
 }
 
-/// A saved aggregate state at a stream version (P10).
+/// A saved aggregate state at a stream version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    /// The aggregate type.
+    /// The tenant of the stream.
+    pub tenant: String,
+    /// The aggregate type (the stream's type).
     pub stream_type: String,
-    /// The stream.
+    /// The stream's id.
     pub stream_id: String,
     /// The stream version the state includes.
     pub stream_version: u64,
@@ -120,15 +125,26 @@ pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
 }
 
+impl Snapshot {
+    /// The stream it belongs to.
+    pub fn stream(&self) -> StreamKey<'_> {
+        StreamKey {
+            tenant: &self.tenant,
+            stream_type: &self.stream_type,
+            id: &self.stream_id,
+        }
+    }
+}
+
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The stream was not in the expected state.
-    #[error("concurrency conflict on stream `{stream_id}`: expected {expected}, found {}", describe_version(*.actual))]
+    #[error("concurrency conflict on stream `{stream}`: expected {expected}, found {}", describe_version(*.actual))]
     Conflict {
         /// The stream.
-        stream_id: String,
+        stream: StreamKeyBuf,
         /// What the append expected.
         expected: ExpectedVersion,
         /// The stream's last version (`None`: no stream).
@@ -136,38 +152,55 @@ pub enum StoreError {
     },
     /// An event id was already used by another event than the one at the same place of this batch.
     #[error(
-        "event id {event_id} is already used by stream `{existing_stream_id}` version {existing_version}; a batch can be re-sent only as it was"
+        "event id {event_id} is already used by stream `{existing_stream}` version {existing_version}; a batch can be re-sent only as it was"
     )]
     DuplicateEventId {
         /// The reused id.
         event_id: Uuid,
         /// The stream that holds it.
-        existing_stream_id: String,
+        existing_stream: StreamKeyBuf,
         /// Its version there.
         existing_version: u64,
     },
-    /// The append request itself is invalid.
-    #[error("failed to append to stream `{stream_id}`: {reason}")]
-    InvalidAppend {
+    /// The input breaks a rule of the input contract ([`crate::contract`]); nothing was written.
+    #[error("invalid input for stream `{stream}`: {rule}")]
+    InvalidInput {
         /// The stream.
-        stream_id: String,
-        /// What is wrong.
-        reason: String,
+        stream: StreamKeyBuf,
+        /// The rule broken.
+        rule: InputRule,
     },
     /// A stored row cannot be represented (for example a negative version).
-    #[error("stream `{stream_id}` holds an unreadable row at version {stream_version}: {reason}")]
+    #[error("stream `{stream}` holds an unreadable row at version {stream_version}: {reason}")]
     CorruptRow {
-        /// The stream.
-        stream_id: String,
+        /// The stream, as far as the row tells.
+        stream: String,
         /// The row's version.
         stream_version: i64,
         /// What is wrong.
         reason: String,
     },
-    /// The database or connection failed.
+    /// A projection runner no longer holds its projection's lock (another runner may have
+    /// taken it over); the transaction was not committed.
+    #[error("projection `{projection}` lost its lock: another runner may have taken it over")]
+    LockLost {
+        /// The projection.
+        projection: String,
+    },
+    /// The database could not be reached, or was too busy to answer in time (a pool timeout, a
+    /// dropped connection, a lock wait that ran out). Nothing is known to be written: retrying
+    /// later may succeed; see [`StoreError::is_transient`].
+    #[error("{operation} failed, the database is unavailable: {source}")]
+    Unavailable {
+        /// What the store was doing, e.g. "append to stream `order/1`".
+        operation: String,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database or driver failed in a way retrying will not mend.
     #[error("{operation} failed: {source}")]
     Backend {
-        /// What the store was doing, e.g. "append to stream `order-1`".
+        /// What the store was doing, e.g. "append to stream `order/1`".
         operation: String,
         /// The driver's error.
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -185,6 +218,24 @@ impl StoreError {
             source: source.into(),
         }
     }
+
+    /// Wraps a driver error that retrying later may mend (see [`StoreError::Unavailable`]).
+    pub fn unavailable(
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Unavailable {
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether the same call may succeed later unchanged: the database was unavailable or busy
+    /// ([`StoreError::Unavailable`]). A service answers these with "try again" (HTTP 503);
+    /// conflicts, invalid input and corrupt rows need another request or a person.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 fn describe_version(version: Option<u64>) -> String {
@@ -194,32 +245,10 @@ fn describe_version(version: Option<u64>) -> String {
     }
 }
 
-/// The checks every store makes before an append, so all of them refuse the same batches the
-/// same way: a batch is not empty and holds each event id once.
-pub fn check_batch(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
-    let invalid = |reason: String| StoreError::InvalidAppend {
-        stream_id: stream_id.to_owned(),
-        reason,
-    };
-    if events.is_empty() {
-        return Err(invalid("the batch is empty".to_owned()));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    match events.iter().find(|event| !seen.insert(event.event_id)) {
-        Some(repeated) => Err(invalid(format!(
-            "event id {} appears twice in the batch",
-            repeated.event_id
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// One stored event as a load needs it, borrowed from the row a store read it from: see
 /// [`EventStore::replay_stream`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayedEvent<'a> {
-    /// The stream's type, as stored with the event.
-    pub stream_type: &'a str,
     /// The event's version in its stream (1-based).
     pub stream_version: u64,
     /// The stored event type name.
@@ -236,9 +265,15 @@ pub type EventStream<'a> =
 
 /// A place events are stored. Cheap to clone (stores share a pool or an `Arc`).
 ///
-/// Every implementation passes the same conformance suite (`es_core::conformance`).
+/// A stream is named by a [`StreamKey`]: tenant, stream type and id. What a store must
+/// implement is `append`, `read_stream`, `read_all` and `find_event`; the other methods have
+/// correct defaults that a store overrides to be faster (`replay_stream`, `stream_version`) or
+/// to keep snapshots (`save_snapshot`, `load_snapshot`: without them, every load replays the
+/// whole stream). Every implementation passes the conformance suite
+/// (`es_core::conformance`, feature `conformance`) and checks its input with
+/// [`crate::contract`] first, so all stores accept and refuse the same input.
 pub trait EventStore: Clone + Send + Sync + 'static {
-    /// Appends a non-empty batch atomically to `stream_id` if the stream is in the `expected`
+    /// Appends a non-empty batch atomically to `stream` if the stream is in the `expected`
     /// state; the first event gets version `current + 1`.
     ///
     /// Re-sending a batch that was written before returns [`AppendOutcome::AlreadyAppended`]; an
@@ -246,25 +281,26 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// the version check, so a re-sent batch does not report a conflict. A batch that both
     /// fails its expectation and reuses an id of another batch may get either error (a store
     /// may skip looking the ids up when the batch cannot be a re-send); sent again at the
-    /// stream's current version, it gets [`StoreError::DuplicateEventId`].
+    /// stream's current version, it gets [`StoreError::DuplicateEventId`]. Input that breaks
+    /// the [input contract](crate::contract) is [`StoreError::InvalidInput`], and nothing is
+    /// written.
     fn append(
         &self,
-        stream_type: &str,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
-    /// Streams the events of `stream_id` from `from_version` (inclusive) in version order, up to
+    /// Streams the events of `stream` from `from_version` (inclusive) in version order, up to
     /// `until`. Memory use does not grow with the stream's length.
     fn read_stream<'a>(
         &'a self,
-        stream_id: &'a str,
+        stream: StreamKey<'a>,
         from_version: u64,
         until: Until,
     ) -> EventStream<'a>;
 
-    /// Passes the events of `stream_id` from `from_version` (inclusive) in version order, up to
+    /// Passes the events of `stream` from `from_version` (inclusive) in version order, up to
     /// `until`, to `visit`, and returns how many it passed; the first error (the store's or
     /// `visit`'s) ends the replay.
     ///
@@ -274,7 +310,7 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// narrower read. Memory use does not grow with the stream's length.
     fn replay_stream<E, F>(
         &self,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         from_version: u64,
         until: Until,
         mut visit: F,
@@ -284,12 +320,11 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
     {
         async move {
-            let mut events = self.read_stream(stream_id, from_version, until);
+            let mut events = self.read_stream(stream, from_version, until);
             let mut replayed = 0;
             while let Some(recorded) = events.next().await {
                 let recorded = recorded?;
                 visit(ReplayedEvent {
-                    stream_type: &recorded.stream_type,
                     stream_version: recorded.stream_version,
                     event_type: &recorded.event_type,
                     schema_version: recorded.schema_version,
@@ -301,30 +336,58 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         }
     }
 
-    /// The stream's last version, `None` when it does not exist.
+    /// The stream's last version, `None` when it does not exist. The default replays the
+    /// stream; stores override it with a look at the last row.
     fn stream_version(
         &self,
-        stream_id: &str,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+        stream: StreamKey<'_>,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        async move {
+            let mut last = None;
+            self.replay_stream(stream, 1, Until::End, |event| {
+                last = Some(event.stream_version);
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+            Ok(last)
+        }
+    }
 
-    /// Up to `limit` events of the global log strictly after `after`, in log order. A reader
-    /// that continues from the last position it got never skips an event (P9).
+    /// Up to `limit` events of the global log in `scope` strictly after `after`, in log order.
+    /// A reader that continues from the last position it got never skips an event, even while
+    /// writers commit out of order.
     fn read_all(
         &self,
+        scope: LogScope<'_>,
         after: Position,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
+    /// The event with this id, in whichever stream and tenant it is.
+    fn find_event(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
     /// Saves a snapshot, replacing the stream's previous one unless that one is at a newer
     /// stream version: of two saves that race, the newer snapshot stays, whichever lands last.
+    ///
+    /// The default keeps nothing, which is correct (snapshots only save replay time): a store
+    /// without snapshots overrides neither this nor [`load_snapshot`](Self::load_snapshot).
     fn save_snapshot(
         &self,
         snapshot: &Snapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = snapshot;
+        async { Ok(()) }
+    }
 
-    /// The stream's latest snapshot.
+    /// The stream's latest snapshot. The default has none.
     fn load_snapshot(
         &self,
-        stream_id: &str,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+        stream: StreamKey<'_>,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        let _ = stream;
+        async { Ok(None) }
+    }
 }

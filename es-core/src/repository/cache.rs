@@ -40,6 +40,7 @@ impl<A> StateCache<A> {
         let loaded = Loaded {
             state: (self.clone)(state),
             version,
+            started_from: super::StartedFrom::Cache(version),
         };
         self.lock().put(id, loaded);
     }
@@ -107,6 +108,7 @@ impl<A> Lru<A> {
         let loaded = Loaded {
             state: clone(&entry.loaded.state),
             version: entry.loaded.version,
+            started_from: entry.loaded.started_from,
         };
         self.compact();
         Some(loaded)
@@ -194,6 +196,7 @@ mod tests {
             Loaded {
                 state: version * 10,
                 version,
+                started_from: super::super::StartedFrom::Cache(version),
             },
         );
     }
