@@ -12,6 +12,7 @@
 //! calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 
 pub mod projection;
+pub mod repository;
 
 use std::collections::{BTreeSet, HashSet};
 

@@ -263,7 +263,10 @@ impl NewEvent {
 }
 
 /// An event as recorded in a store. Payload-agnostic: typed decoding happens above.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It serializes (serde) with its payload and metadata as JSON documents, for APIs that show a
+/// stream's history without decoding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     /// The tenant of its stream.
     pub tenant: String,

@@ -69,3 +69,21 @@ impl From<serde_json::Value> for RawJson {
         Self(value.to_string())
     }
 }
+
+/// Serializes as the JSON document itself (not as a string holding it), so a recorded event's
+/// payload appears in an API response as the object it is.
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+/// Deserializes any JSON document, keeping its text.
+impl<'de> serde::Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(Self(String::from(raw.get())))
+    }
+}

@@ -61,6 +61,7 @@
 mod aggregate;
 pub mod backoff;
 pub mod contract;
+mod dyn_store;
 mod envelope;
 mod event;
 mod json;
@@ -68,6 +69,7 @@ mod memory;
 pub mod projection;
 mod repository;
 pub mod schema;
+pub mod sql;
 mod store;
 mod stream;
 pub mod testing;
@@ -80,6 +82,7 @@ pub mod conformance;
 pub mod __private;
 
 pub use aggregate::{Aggregate, Apply, Handle};
+pub use dyn_store::{DynLock, DynStore, DynTransaction};
 pub use envelope::{CommandContext, InvalidPosition, Metadata, NewEvent, Position, RecordedEvent};
 pub use event::{DecodeError, Event, EventSchema, EventType};
 pub use json::RawJson;

@@ -27,6 +27,10 @@
 //! **Tenants.** A runner reads every tenant's events unless scoped to one with
 //! [`ProjectionRunner::for_tenant`]; the envelope names each event's tenant.
 
+mod supervised;
+
+pub use supervised::{Health, RunState, RunningProjection, Supervision, WaitError};
+
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::time::{Duration, Instant};
@@ -429,6 +433,8 @@ pub struct ProjectionRunner<S: ProjectionStore, P> {
     idle_timeout: Duration,
     /// Held while an operation runs.
     lock: Option<S::Lock>,
+    /// Told every checkpoint this runner commits (set by [`ProjectionRunner::spawn`]).
+    checkpoints: Option<tokio::sync::watch::Sender<Option<Position>>>,
 }
 
 /// The outcome of handling one event.
@@ -450,6 +456,7 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             on_failure: OnFailure::Park,
             idle_timeout: Duration::from_secs(5),
             lock: None,
+            checkpoints: None,
         }
     }
 
@@ -580,6 +587,13 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         let result = operation(self).await;
         self.release().await;
         result
+    }
+
+    /// Tells the observer, if any, that the checkpoint committed is now `position`.
+    fn reached(&self, position: Position) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.send_replace(Some(position));
+        }
     }
 
     /// Fences and commits a transaction of this runner.
@@ -851,6 +865,7 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                 .await
                 .map_err(|e| self.store_error(e))?;
             self.commit(transaction).await?;
+            self.reached(last);
         }
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         Ok(())
@@ -883,7 +898,9 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                         .save_checkpoint(&mut transaction, &key, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    return self.commit(transaction).await;
+                    self.commit(transaction).await?;
+                    self.reached(event.position);
+                    return Ok(());
                 }
                 Err(failure) => failure,
             };
@@ -911,7 +928,9 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
                         .save_checkpoint(&mut transaction, &key, event.position)
                         .await
                         .map_err(|e| self.store_error(e))?;
-                    self.commit(transaction).await
+                    self.commit(transaction).await?;
+                    self.reached(event.position);
+                    Ok(())
                 }
                 OnFailure::Stop => Err(ProjectionError::Handler {
                     projection: key,

@@ -83,6 +83,44 @@ pub struct Executed<A: Aggregate> {
     pub repeated: bool,
 }
 
+/// An API's view of what a command did: its events (id, type, schema version and payload as
+/// stored), the versions, the last position, the conflicts met and whether it was a repeat. The
+/// state is left out: serialize it yourself if an API should show it.
+impl<A: Aggregate> serde::Serialize for Executed<A> {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        use serde::ser::{Error as _, SerializeStruct};
+
+        #[derive(serde::Serialize)]
+        struct Written<'a> {
+            event_id: Uuid,
+            event_type: &'a str,
+            schema_version: u32,
+            payload: RawJson,
+        }
+        let events = self
+            .events
+            .iter()
+            .zip(&self.event_ids)
+            .map(|(event, &event_id)| {
+                Ok(Written {
+                    event_id,
+                    event_type: event.event_type(),
+                    schema_version: event.schema_version(),
+                    payload: event.encode().map_err(Ser::Error::custom)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Ser::Error>>()?;
+        let mut outcome = serializer.serialize_struct("Executed", 6)?;
+        outcome.serialize_field("events", &events)?;
+        outcome.serialize_field("first_version", &self.first_version)?;
+        outcome.serialize_field("version", &self.version)?;
+        outcome.serialize_field("last_position", &self.last_position)?;
+        outcome.serialize_field("conflicts", &self.conflicts)?;
+        outcome.serialize_field("repeated", &self.repeated)?;
+        outcome.end()
+    }
+}
+
 /// Why an aggregate could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

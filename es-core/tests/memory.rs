@@ -9,3 +9,7 @@ mod projections {
         es_core::conformance::projection::MemoryHarness::default()
     });
 }
+
+mod repository {
+    es_core::repository_conformance_tests!(async { es_core::MemoryStore::new() });
+}

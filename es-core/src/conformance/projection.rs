@@ -137,6 +137,75 @@ impl ProjectionHarness for MemoryHarness {
     }
 }
 
+/// Any harness's store behind a [`DynStore`](crate::DynStore): the suites run on the erased
+/// store as on the store itself.
+#[derive(Debug)]
+pub struct DynHarness<H> {
+    inner: H,
+}
+
+impl<H: ProjectionHarness> DynHarness<H>
+where
+    <H::Store as ProjectionStore>::Transaction: 'static,
+    <H::Store as ProjectionStore>::Lock: Sync + 'static,
+{
+    /// Wraps `inner`.
+    pub fn new(inner: H) -> Self {
+        Self { inner }
+    }
+
+    fn transaction(
+        transaction: &mut crate::DynTransaction,
+    ) -> Result<&mut <H::Store as ProjectionStore>::Transaction, HandlerError> {
+        transaction
+            .downcast_mut()
+            .ok_or_else(|| "a transaction of another store".into())
+    }
+}
+
+impl<H: ProjectionHarness> ProjectionHarness for DynHarness<H>
+where
+    <H::Store as ProjectionStore>::Transaction: 'static,
+    <H::Store as ProjectionStore>::Lock: Sync + 'static,
+{
+    type Store = crate::DynStore;
+
+    fn store(&self) -> crate::DynStore {
+        crate::DynStore::new(self.inner.store())
+    }
+
+    async fn other_instance(&self) -> crate::DynStore {
+        crate::DynStore::new(self.inner.other_instance().await)
+    }
+
+    async fn record(
+        &self,
+        transaction: &mut crate::DynTransaction,
+        projection: &str,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        let transaction = Self::transaction(transaction)?;
+        self.inner.record(transaction, projection, event).await
+    }
+
+    async fn clear(
+        &self,
+        transaction: &mut crate::DynTransaction,
+        projection: &str,
+    ) -> Result<(), HandlerError> {
+        let transaction = Self::transaction(transaction)?;
+        self.inner.clear(transaction, projection).await
+    }
+
+    async fn recorded(&self, projection: &str) -> Vec<Uuid> {
+        self.inner.recorded(projection).await
+    }
+
+    async fn break_lock(&self, projection: &str) {
+        self.inner.break_lock(projection).await;
+    }
+}
+
 /// The suite's events: `Tested` (payload `{"n": n}`) and `Broken`, which is declared but never
 /// decodes. Events of any other type are not the projection's and are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
