@@ -49,13 +49,17 @@ impl fmt::Debug for DynStore {
 }
 
 /// A transaction of the store inside a [`DynStore`].
-pub struct DynTransaction(Box<dyn Any + Send>);
+pub struct DynTransaction {
+    transaction: Box<dyn Any + Send>,
+    /// The store that began it, which runs its SQL.
+    store: Arc<dyn Erased>,
+}
 
 impl DynTransaction {
     /// The store's own transaction, when it is a `T` (for example
     /// `sqlx::Transaction<'static, sqlx::Sqlite>` under a `SqliteStore`).
     pub fn downcast_mut<T: 'static>(&mut self) -> Option<&mut T> {
-        self.0.downcast_mut()
+        self.transaction.downcast_mut()
     }
 }
 
@@ -178,7 +182,7 @@ trait Erased: Send + Sync + 'static {
     fn begin<'a>(
         &'a self,
         scope: LogScope<'a>,
-    ) -> BoxFuture<'a, Result<DynTransaction, StoreError>>;
+    ) -> BoxFuture<'a, Result<Box<dyn Any + Send>, StoreError>>;
     fn commit(&self, transaction: DynTransaction) -> BoxFuture<'_, Result<(), StoreError>>;
     fn load_checkpoint<'a>(
         &'a self,
@@ -258,13 +262,11 @@ struct Typed<S: ProjectionStore> {
 }
 
 type Execute<S> = for<'a> fn(
-    &'a S,
     &'a mut <S as ProjectionStore>::Transaction,
     &'a str,
     &'a [SqlValue],
 ) -> BoxFuture<'a, Result<u64, StoreError>>;
 type QueryIn<S> = for<'a> fn(
-    &'a S,
     &'a mut <S as ProjectionStore>::Transaction,
     &'a str,
     &'a [SqlValue],
@@ -281,21 +283,19 @@ struct SqlFns<S: ProjectionStore> {
 }
 
 fn execute_sql<'a, S: SqlStore>(
-    store: &'a S,
     transaction: &'a mut S::Transaction,
     statement: &'a str,
     params: &'a [SqlValue],
 ) -> BoxFuture<'a, Result<u64, StoreError>> {
-    Box::pin(store.execute(transaction, statement, params))
+    Box::pin(S::execute(transaction, statement, params))
 }
 
 fn query_sql_in<'a, S: SqlStore>(
-    store: &'a S,
     transaction: &'a mut S::Transaction,
     statement: &'a str,
     params: &'a [SqlValue],
 ) -> BoxFuture<'a, Result<Vec<SqlRow>, StoreError>> {
-    Box::pin(store.query_in(transaction, statement, params))
+    Box::pin(S::query_in(transaction, statement, params))
 }
 
 fn query_sql<'a, S: SqlStore>(
@@ -328,9 +328,7 @@ where
     S::Transaction: 'static,
     S::Lock: Sync + 'static,
 {
-    fn transaction<'t>(
-        transaction: &'t mut DynTransaction,
-    ) -> Result<&'t mut S::Transaction, StoreError> {
+    fn transaction(transaction: &mut DynTransaction) -> Result<&mut S::Transaction, StoreError> {
         transaction
             .downcast_mut::<S::Transaction>()
             .ok_or_else(|| foreign("use a transaction"))
@@ -421,17 +419,17 @@ where
     fn begin<'a>(
         &'a self,
         scope: LogScope<'a>,
-    ) -> BoxFuture<'a, Result<DynTransaction, StoreError>> {
+    ) -> BoxFuture<'a, Result<Box<dyn Any + Send>, StoreError>> {
         Box::pin(async move {
             let transaction = self.store.begin(scope).await?;
-            Ok(DynTransaction(Box::new(transaction)))
+            Ok(Box::new(transaction) as Box<dyn Any + Send>)
         })
     }
 
     fn commit(&self, transaction: DynTransaction) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let transaction = transaction
-                .0
+                .transaction
                 .downcast::<S::Transaction>()
                 .map_err(|_| foreign("commit a transaction"))?;
             self.store.commit(*transaction).await
@@ -566,7 +564,7 @@ where
             return Box::pin(std::future::ready(Err(no_sql(self.type_name()))));
         };
         match Self::transaction(transaction) {
-            Ok(transaction) => (sql.execute)(&self.store, transaction, statement, params),
+            Ok(transaction) => (sql.execute)(transaction, statement, params),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
     }
@@ -581,7 +579,7 @@ where
             return Box::pin(std::future::ready(Err(no_sql(self.type_name()))));
         };
         match Self::transaction(transaction) {
-            Ok(transaction) => (sql.query_in)(&self.store, transaction, statement, params),
+            Ok(transaction) => (sql.query_in)(transaction, statement, params),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
     }
@@ -682,7 +680,11 @@ impl ProjectionStore for DynStore {
     type Lock = DynLock;
 
     async fn begin(&self, scope: LogScope<'_>) -> Result<DynTransaction, StoreError> {
-        self.inner.begin(scope).await
+        let transaction = self.inner.begin(scope).await?;
+        Ok(DynTransaction {
+            transaction,
+            store: self.inner.clone(),
+        })
     }
 
     async fn commit(&self, transaction: DynTransaction) -> Result<(), StoreError> {
@@ -771,21 +773,21 @@ impl SqlStore for DynStore {
     }
 
     async fn execute(
-        &self,
         transaction: &mut DynTransaction,
         statement: &str,
         params: &[SqlValue],
     ) -> Result<u64, StoreError> {
-        self.inner.execute(transaction, statement, params).await
+        let store = transaction.store.clone();
+        store.execute(transaction, statement, params).await
     }
 
     async fn query_in(
-        &self,
         transaction: &mut DynTransaction,
         statement: &str,
         params: &[SqlValue],
     ) -> Result<Vec<SqlRow>, StoreError> {
-        self.inner.query_in(transaction, statement, params).await
+        let store = transaction.store.clone();
+        store.query_in(transaction, statement, params).await
     }
 
     async fn query(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>, StoreError> {

@@ -6,6 +6,10 @@
 //! (in-memory here, SQLite or PostgreSQL in their crates), decides commands and appends the
 //! resulting events under optimistic concurrency, retrying on conflict.
 //!
+//! A stream is named by its tenant, its type (the aggregate's name) and its id ([`StreamKey`]);
+//! a service without tenants never names one. Projections ([`projection`]) build read models
+//! from the global log, and [`DynStore`] lets a service pick its store at run time.
+//!
 //! ```
 //! use es_core::{Aggregate, Apply, CommandContext, Event, Handle, MemoryStore, Repository};
 //! use schemars::JsonSchema;
@@ -39,6 +43,7 @@
 //!
 //! impl Handle<Deposit> for Account {
 //!     type Error = InvalidAmount;
+//!     const CREATES: bool = true; // a first deposit opens the account
 //!     fn handle(&self, command: &Deposit) -> Result<Vec<AccountEvent>, InvalidAmount> {
 //!         if command.0 <= 0 { return Err(InvalidAmount); }
 //!         let opened = (!self.open).then_some(AccountEvent::Opened);

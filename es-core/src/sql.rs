@@ -1,6 +1,40 @@
 //! SQL read models written once for every SQL store: statements with `$1`, `$2`... parameters,
-//! run in a projection's transaction ([`SqlStore::execute`]) or on the store's pool
-//! ([`SqlStore::query`]), with values as [`SqlValue`] and rows as JSON objects.
+//! run in a projection's transaction ([`SqlStore::execute`], [`SqlStore::query_in`]) or on the
+//! store's pool ([`SqlStore::query`]), with values as [`SqlValue`] and rows as JSON objects.
+//!
+//! ```no_run
+//! use es_core::projection::{HandlerError, Projection};
+//! use es_core::sql::{SqlStore, SqlValue};
+//! # use es_core::RecordedEvent;
+//! # #[derive(es_core::Event)] pub enum AccountEvent { Opened }
+//!
+//! /// The list of accounts, on SQLite or PostgreSQL alike.
+//! struct AccountList;
+//!
+//! impl<S: SqlStore> Projection<S> for AccountList {
+//!     type Event = AccountEvent;
+//!
+//!     fn name(&self) -> &str {
+//!         "account_list"
+//!     }
+//!
+//!     async fn handle(
+//!         &mut self,
+//!         transaction: &mut S::Transaction,
+//!         _: &AccountEvent,
+//!         envelope: &RecordedEvent,
+//!     ) -> Result<(), HandlerError> {
+//!         let params = [SqlValue::from(&envelope.stream_id), envelope.recorded_at.into()];
+//!         S::execute(transaction, "INSERT INTO accounts (id, opened_at) VALUES ($1, $2)", &params).await?;
+//!         Ok(())
+//!     }
+//!
+//!     async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
+//!         S::execute(transaction, "DELETE FROM accounts", &[]).await?;
+//!         Ok(())
+//!     }
+//! }
+//! ```
 //!
 //! The SQLite and PostgreSQL stores implement [`SqlStore`], and so does a
 //! [`DynStore`](crate::DynStore) made from one of them, so a read model written against
@@ -119,7 +153,6 @@ pub trait SqlStore: ProjectionStore {
     /// Runs one statement inside a projection's transaction, so its effect commits with the
     /// checkpoint; returns how many rows it changed.
     fn execute(
-        &self,
         transaction: &mut Self::Transaction,
         statement: &str,
         params: &[SqlValue],
@@ -127,7 +160,6 @@ pub trait SqlStore: ProjectionStore {
 
     /// Runs a query inside a projection's transaction (a read model that reads its own rows).
     fn query_in(
-        &self,
         transaction: &mut Self::Transaction,
         statement: &str,
         params: &[SqlValue],

@@ -27,7 +27,7 @@ async fn a_store_without_sql_refuses_statements_and_the_store_inside_can_be_reac
     let store = DynStore::new(memory.clone());
     assert!(store.downcast_ref::<MemoryStore>().is_some());
     let mut transaction = store.begin(es_core::LogScope::AllTenants).await.unwrap();
-    let refused = store.execute(&mut transaction, "SELECT 1", &[]).await;
+    let refused = DynStore::execute(&mut transaction, "SELECT 1", &[]).await;
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("not a SQL store"), "{message}");
     assert!(
