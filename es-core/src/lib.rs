@@ -79,7 +79,7 @@ pub mod __private;
 pub use aggregate::{Aggregate, Apply, Handle};
 pub use envelope::{CommandContext, Metadata, NewEvent, Position, RecordedEvent};
 pub use event::{DecodeError, Event, EventSchema, EventType};
-pub use json::RawJson;
+pub use json::{EncodeError, RawJson};
 pub use memory::{MemoryLock, MemoryStore, MemoryTransaction};
 pub use repository::{DEFAULT_MAX_RETRIES, ExecuteError, Executed, LoadError, Loaded, Repository};
 pub use store::{
