@@ -85,7 +85,7 @@ use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};
 
 /// Derives `es_core::Event` for an enum of events; see the crate documentation.
-#[proc_macro_derive(Event, attributes(event, es))]
+#[proc_macro_derive(Event, attributes(event, es, serde, schemars))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     event::derive(&parse_macro_input!(input as DeriveInput)).into()
 }
