@@ -146,6 +146,8 @@ pub(crate) struct EventEntry {
 pub struct SchemaSet {
     pub(crate) entries: Vec<EventEntry>,
     retirements: Vec<Retired>,
+    /// Overrides `ES_UPDATE_SCHEMAS` when set.
+    update: Option<bool>,
 }
 
 /// A schema export or check failed.
@@ -413,6 +415,13 @@ impl SchemaSet {
         self
     }
 
+    /// Whether [`SchemaSet::verify`] overwrites changed schema files, whatever
+    /// `ES_UPDATE_SCHEMAS` says (for tests and tools that must not depend on the environment).
+    pub fn updating(mut self, update: bool) -> Self {
+        self.update = Some(update);
+        self
+    }
+
     /// The index of the code's event types (without retirements, which live in the committed
     /// `index.json`).
     pub fn index(&self) -> Index {
@@ -488,7 +497,9 @@ impl SchemaSet {
     /// found. Fails with [`SchemaError::Incompatible`] listing every problem at once; the index
     /// is then left as it was.
     pub fn verify(&self, dir: impl AsRef<Path>) -> Result<VerifyReport, SchemaError> {
-        let update = std::env::var(UPDATE_ENV).is_ok_and(|value| value == "1");
+        let update = self
+            .update
+            .unwrap_or_else(|| std::env::var(UPDATE_ENV).is_ok_and(|value| value == "1"));
         let dir = dir.as_ref();
         let committed = read_index(&dir.join(INDEX_FILE))?;
         let mut report = VerifyReport::default();

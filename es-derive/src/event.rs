@@ -136,8 +136,8 @@ fn payload_struct(
         let ty = &field.ty;
         quote!(#(#attrs)* #inner_vis #name: #ty)
     });
+    // The variant's attributes follow the derive that introduces `serde` and `schemars`.
     quote! {
-        #(#variant_attrs)*
         #[derive(
             ::core::fmt::Debug, ::core::clone::Clone, ::core::cmp::PartialEq,
             #krate::__private::serde::Serialize, #krate::__private::serde::Deserialize,
@@ -146,6 +146,7 @@ fn payload_struct(
         )]
         #[serde(crate = #serde_path)]
         #[schemars(crate = #schemars_path)]
+        #(#variant_attrs)*
         #[allow(missing_docs)]
         #inner_vis struct #ident {
             #(#fields,)*
