@@ -59,8 +59,10 @@
 #![deny(missing_docs)]
 
 mod aggregate;
+pub mod asyncapi;
 mod envelope;
 mod event;
+pub mod integration;
 mod json;
 mod memory;
 pub mod projection;
