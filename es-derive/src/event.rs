@@ -102,7 +102,8 @@ fn generated_types(input: &EventEnum<'_>) -> TokenStream {
 
 /// The payload struct of a struct variant: its fields with their attributes (`#[serde]`,
 /// `#[schemars]`, doc comments), the variant's doc comments and serde/schemars attributes, the
-/// derives every payload needs and those of `derive(...)`.
+/// derives every payload needs (`Clone` builds it from the variant's fields, `Debug` as every
+/// public type has) and those of `derive(...)`.
 fn payload_struct(
     input: &EventEnum<'_>,
     variant: &EventVariant<'_>,
@@ -139,7 +140,7 @@ fn payload_struct(
     // The variant's attributes follow the derive that introduces `serde` and `schemars`.
     quote! {
         #[derive(
-            ::core::fmt::Debug, ::core::clone::Clone, ::core::cmp::PartialEq,
+            ::core::fmt::Debug, ::core::clone::Clone,
             #krate::__private::serde::Serialize, #krate::__private::serde::Deserialize,
             #krate::__private::schemars::JsonSchema
             #(, #extra)*

@@ -51,7 +51,7 @@ pub enum AccountEvent {
         currency: String,
     },
     /// A label was put on the account.
-    #[event(name = "AccountLabelled", aliases = ["Labelled"], derive(Eq, Hash))]
+    #[event(name = "AccountLabelled", aliases = ["Labelled"], derive(PartialEq, Eq, Hash))]
     Labelled {
         /// The label.
         label: Label,
