@@ -65,6 +65,31 @@ mod release_1 {
     }
 }
 
+/// Release 1 with `PriceChanged` changed in place instead of bumped.
+mod release_1_changed_in_place {
+    use es_core::Event;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    pub(crate) use super::release_1::Renamed;
+
+    /// The price changed.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub(crate) struct PriceChanged {
+        /// The new price.
+        pub(crate) price_cents: i64,
+        /// ISO code.
+        pub(crate) currency: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Event)]
+    pub(crate) enum ProductEvent {
+        PriceChanged(PriceChanged),
+        Renamed(Renamed),
+        Discontinued,
+    }
+}
+
 /// The documented version bump: the old struct is kept as `PriceChangedV1`, the new one adds a
 /// nested type, and an event type is added above the others.
 mod release_2 {
@@ -272,6 +297,25 @@ fn a_version_bump_keeps_version_1_byte_for_byte_and_reports_version_2_as_added()
         !v2.to_string().contains("PriceChangedV1"),
         "no Rust type name: {v2}"
     );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn changing_a_published_payload_in_place_is_an_error() {
+    let dir = scratch_dir();
+    release::<release_1::ProductEvent>().verify(&dir).unwrap();
+    let error = release::<release_1_changed_in_place::ProductEvent>()
+        .verify(&dir)
+        .unwrap_err();
+    let message = error.to_string();
+    println!("{message}");
+    let found = problems(Err(error));
+    assert!(
+        matches!(&found[..], [Problem::Changed { file, differences }, Problem::SampleDoesNotDecode { .. }] if file == "product/PriceChanged.v1.json" && differences.len() == 2),
+        "{found:?}"
+    );
+    assert!(message.contains("\n  - sample `product/PriceChanged.v1.sample.json` no longer decodes: invalid payload for event `PriceChanged` version 1: missing field `currency` at line 3 column 1; "), "{message}");
+    assert!(message.contains("\n  - `product/PriceChanged.v1.json` changed, but a published event version never changes: added `/properties/currency`, added `currency` to `/required`; bump the event's version and keep the old payload type as an upcast step (`#[event(version = N + 1, upcast(N = OldPayload))]`), or set ES_UPDATE_SCHEMAS=1 if the change is deliberate and compatible (a doc comment)\n"), "{message}");
     fs::remove_dir_all(dir).unwrap();
 }
 
