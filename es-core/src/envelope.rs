@@ -251,13 +251,13 @@ impl NewEvent {
     pub fn encode<E: crate::Event>(
         event: &E,
         metadata: &Metadata,
-    ) -> Result<Self, serde_json::Error> {
+    ) -> Result<Self, crate::json::EncodeError> {
         Ok(Self {
             event_id: Uuid::new_v4(),
             event_type: event.event_type().to_owned(),
             schema_version: event.schema_version(),
             payload: event.encode()?,
-            metadata: RawJson::encode(metadata)?,
+            metadata: RawJson::try_encode(metadata)?,
         })
     }
 }

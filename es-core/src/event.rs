@@ -14,6 +14,11 @@ pub struct EventType {
 }
 
 /// The JSON Schema of one event type at one version.
+///
+/// Each schema is self-contained: it is generated on its own, so its `$defs` hold exactly the
+/// types its payload uses; it declares its dialect (`$schema`, JSON Schema 2020-12) and is
+/// titled by the stable event name and version (`"PriceChanged v1"`), never by a Rust type
+/// name, so renaming a payload struct (as when it becomes an upcast step) changes nothing.
 #[derive(Debug, Clone)]
 pub struct EventSchema {
     /// The event type's stable name.
@@ -44,13 +49,14 @@ pub trait Event: Sized + Send + Sync + 'static {
     fn schema_version(&self) -> u32;
 
     /// Serializes the payload (without any enum tag).
-    fn encode(&self) -> Result<RawJson, serde_json::Error>;
+    fn encode(&self) -> Result<RawJson, crate::json::EncodeError>;
 
     /// Decodes a stored payload, upcasting older versions to the current payload type.
     fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Self, DecodeError>;
 
-    /// The JSON Schema of every event type at every version it can decode.
-    fn schemas(generator: &mut schemars::SchemaGenerator) -> Vec<EventSchema>;
+    /// The JSON Schema of every event type at every version it can decode, each generated on
+    /// its own (see [`EventSchema`]).
+    fn schemas() -> Vec<EventSchema>;
 
     /// Whether `event_type` (a name or an alias) belongs to this set; lets a reader skip other
     /// events without decoding them.

@@ -64,11 +64,13 @@
 #![deny(missing_docs)]
 
 mod aggregate;
+pub mod asyncapi;
 pub mod backoff;
 pub mod contract;
 mod dyn_store;
 mod envelope;
 mod event;
+pub mod integration;
 mod json;
 mod memory;
 pub mod projection;
@@ -90,7 +92,7 @@ pub use aggregate::{Aggregate, Apply, Handle};
 pub use dyn_store::{DynLock, DynStore, DynTransaction};
 pub use envelope::{CommandContext, InvalidPosition, Metadata, NewEvent, Position, RecordedEvent};
 pub use event::{DecodeError, Event, EventSchema, EventType};
-pub use json::RawJson;
+pub use json::{EncodeError, RawJson};
 pub use memory::{MemoryLock, MemoryStore, MemoryTransaction};
 pub use repository::{
     DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF, ExecuteError, Executed, LoadError, Loaded,

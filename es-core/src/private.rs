@@ -9,7 +9,7 @@ pub use ::std;
 
 pub use crate::aggregate::{Aggregate, Apply};
 pub use crate::event::{DecodeError, Event, EventSchema, EventType};
-pub use crate::json::RawJson;
+pub use crate::json::{EncodeError, RawJson};
 
 /// Folds one event into an aggregate; `#[derive(Event)]` implements it for every aggregate that
 /// has apply logic for each of the enum's events, so a missing one names the aggregate and event.
@@ -40,15 +40,51 @@ impl<From, To: core::convert::From<From>> UpcastFrom<From> for To {
     }
 }
 
+/// Payload types are serialized; a bound that says what to derive when it is missing.
+#[diagnostic::on_unimplemented(
+    message = "the event payload `{Self}` does not implement `serde::Serialize`",
+    label = "payloads are stored as JSON: add `#[derive(serde::Serialize)]` to `{Self}`",
+    note = "event payloads derive `Serialize`, `Deserialize` and `schemars::JsonSchema`: `#[derive(Serialize, Deserialize, JsonSchema)]` (Cargo.toml: serde with the `derive` feature, schemars = \"1\")"
+)]
+pub trait PayloadSerialize: serde::Serialize {}
+
+impl<T: serde::Serialize + ?Sized> PayloadSerialize for T {}
+
+/// Payload types are deserialized, at every version.
+#[diagnostic::on_unimplemented(
+    message = "the event payload `{Self}` does not implement `serde::Deserialize`",
+    label = "stored payloads are read back: add `#[derive(serde::Deserialize)]` to `{Self}`",
+    note = "event payloads derive `Serialize`, `Deserialize` and `schemars::JsonSchema`: `#[derive(Serialize, Deserialize, JsonSchema)]` (Cargo.toml: serde with the `derive` feature, schemars = \"1\")"
+)]
+pub trait PayloadDeserialize: serde::de::DeserializeOwned {}
+
+impl<T: serde::de::DeserializeOwned> PayloadDeserialize for T {}
+
+/// Payload types have a JSON Schema, at every version.
+#[diagnostic::on_unimplemented(
+    message = "the event payload `{Self}` does not implement `schemars::JsonSchema`",
+    label = "every event version has a JSON Schema: add `#[derive(schemars::JsonSchema)]` to `{Self}`",
+    note = "event payloads derive `Serialize`, `Deserialize` and `schemars::JsonSchema`: `#[derive(Serialize, Deserialize, JsonSchema)]` (Cargo.toml: serde with the `derive` feature, schemars = \"1\")"
+)]
+pub trait PayloadSchema: schemars::JsonSchema {}
+
+impl<T: schemars::JsonSchema + ?Sized> PayloadSchema for T {}
+
 /// Serializes a payload.
 #[inline]
-pub fn encode<T: serde::Serialize + ?Sized>(payload: &T) -> Result<RawJson, serde_json::Error> {
-    RawJson::encode(payload)
+pub fn encode<T: PayloadSerialize + ?Sized>(payload: &T) -> Result<RawJson, EncodeError> {
+    RawJson::try_encode(payload)
+}
+
+/// Serializes the aggregate's state for a snapshot.
+#[inline]
+pub fn encode_state<T: serde::Serialize + ?Sized>(state: &T) -> Result<RawJson, serde_json::Error> {
+    RawJson::encode(state)
 }
 
 /// Deserializes the payload of `event_type` at `version` as `T`.
 #[inline]
-pub fn decode<T: serde::de::DeserializeOwned>(
+pub fn decode<T: PayloadDeserialize>(
     event_type: &str,
     version: u32,
     payload: &str,
@@ -93,17 +129,26 @@ pub fn decode_unit(event_type: &str, version: u32, payload: &str) -> Result<(), 
 }
 
 /// The schema of an event without data: an object with no required fields.
-pub fn unit_schema(event_type: &str) -> schemars::Schema {
-    schemars::json_schema!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": event_type,
-        "type": "object"
-    })
+pub fn unit_schema(event_type: &'static str, version: u32) -> EventSchema {
+    EventSchema {
+        event_type,
+        version,
+        schema: crate::schema::stamp(
+            schemars::json_schema!({ "type": "object" }),
+            event_type,
+            version,
+        ),
+    }
 }
 
-/// The schema of a payload type.
-pub fn schema<T: schemars::JsonSchema>(
-    generator: &mut schemars::SchemaGenerator,
-) -> schemars::Schema {
-    generator.root_schema_for::<T>()
+/// The schema of a payload type, generated on its own.
+pub fn schema<T: PayloadSchema + ?Sized>(event_type: &'static str, version: u32) -> EventSchema {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>();
+    EventSchema {
+        event_type,
+        version,
+        schema: crate::schema::stamp(schema, event_type, version),
+    }
 }

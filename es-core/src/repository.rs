@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::contract;
 use crate::envelope::{CommandContext, NewEvent, Position, RecordedEvent};
 use crate::event::{DecodeError, Event};
-use crate::json::RawJson;
+use crate::json::{EncodeError, RawJson};
 use crate::store::{
     AppendOutcome, AppendedRange, EventStore, ExpectedVersion, ReplayedEvent, Snapshot, StoreError,
     Until,
@@ -206,10 +206,10 @@ pub enum ExecuteError<E> {
     Encode {
         /// The stream.
         stream: StreamKeyBuf,
-        /// The event type.
+        /// The event type (`metadata` for the command's metadata).
         event_type: &'static str,
-        /// What serde reported.
-        source: serde_json::Error,
+        /// What went wrong: a NaN or infinite number, or what serde reported.
+        source: EncodeError,
     },
     /// Every attempt met a concurrent write from another process.
     #[error("gave up on stream `{stream}` after {attempts} attempts, each met a concurrent write")]
@@ -739,7 +739,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         C: Sync,
     {
         let metadata =
-            RawJson::encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
+            RawJson::try_encode(&context.metadata()).map_err(|source| ExecuteError::Encode {
                 stream: stream.to_owned(),
                 event_type: "metadata",
                 source,

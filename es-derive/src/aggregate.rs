@@ -39,7 +39,7 @@ fn expand(input: &AggregateStruct<'_>) -> TokenStream {
         .map_or(1, |(_, version)| version.value);
     let snapshots = input.snapshot_every.as_ref().map(|(key, every)| {
         let every = every.value;
-        let encode = quote_spanned!(key.span()=> #private::encode::<Self>);
+        let encode = quote_spanned!(key.span()=> #private::encode_state::<Self>);
         let encode = quote!(#encode(self));
         let decode = quote_spanned!(key.span()=> #private::serde_json::from_str::<Self>);
         let decode = quote!(#decode(__es_state));

@@ -2,7 +2,7 @@
 //! Parsing records attribute syntax errors; the rules across attributes live in `check.rs`.
 
 use syn::punctuated::Punctuated;
-use syn::{Data, DeriveInput, Fields, Ident, LitInt, LitStr, Path, Token, Type};
+use syn::{Data, DeriveInput, Fields, FieldsNamed, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::attr::{self, Keys, Spanned};
 use crate::ctxt::Ctxt;
@@ -25,6 +25,8 @@ pub(crate) struct EventVariant<'a> {
     pub(crate) version: Option<Spanned<u32>>,
     /// The `upcast` key, if given, and its steps.
     pub(crate) upcast: Option<(Path, Vec<UpcastStep>)>,
+    /// The `derive` key, if given, and the extra derives of a struct variant's payload struct.
+    pub(crate) derives: Option<(Path, Vec<Path>)>,
     /// Whether its `#[event(...)]` attributes parsed; the value rules skip a variant whose
     /// syntax error is already reported.
     pub(crate) well_formed: bool,
@@ -36,7 +38,9 @@ pub(crate) enum Shape<'a> {
     Unit,
     /// One payload type.
     Newtype(&'a Type),
-    /// Anything else (named fields, several fields): not supported.
+    /// Named fields: a payload struct with these fields is generated for it.
+    Struct(&'a FieldsNamed),
+    /// Anything else (several unnamed fields, `A()`): not supported.
     Other(&'a Fields),
 }
 
@@ -76,7 +80,7 @@ pub(crate) struct AggregateStruct<'a> {
     pub(crate) state_version: Option<(Path, Spanned<u32>)>,
 }
 
-const EVENT_KEYS: &[&str] = &["name", "aliases", "version", "upcast"];
+const EVENT_KEYS: &[&str] = &["name", "aliases", "version", "upcast", "derive"];
 const AGGREGATE_KEYS: &[&str] = &["name", "event", "snapshot_every", "state_version"];
 
 impl<'a> EventEnum<'a> {
@@ -125,6 +129,7 @@ impl<'a> EventVariant<'a> {
             Fields::Unnamed(fields) if fields.unnamed.len() == 1 => {
                 Shape::Newtype(&fields.unnamed[0].ty)
             }
+            Fields::Named(fields) => Shape::Struct(fields),
             other => Shape::Other(other),
         };
         let mut parsed = EventVariant {
@@ -134,6 +139,7 @@ impl<'a> EventVariant<'a> {
             aliases: Vec::new(),
             version: None,
             upcast: None,
+            derives: None,
             well_formed: true,
         };
         let mut keys = Keys::new("event", EVENT_KEYS);
@@ -161,6 +167,12 @@ impl<'a> EventVariant<'a> {
                         let steps =
                             Punctuated::<UpcastStep, Token![,]>::parse_terminated(&content)?;
                         parsed.upcast = Some((meta.path.clone(), steps.into_iter().collect()));
+                    }
+                    Some("derive") => {
+                        let content;
+                        syn::parenthesized!(content in meta.input);
+                        let derives = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+                        parsed.derives = Some((meta.path.clone(), derives.into_iter().collect()));
                     }
                     _ => {}
                 }

@@ -13,6 +13,8 @@ pub(crate) fn event(cx: &Ctxt, input: &EventEnum<'_>) {
     check_has_variants(cx, input);
     for variant in &input.variants {
         check_variant_shape(cx, variant);
+        check_derive_only_on_struct_variants(cx, variant);
+        check_no_event_attributes_on_fields(cx, variant);
         check_version_not_zero(cx, variant);
         check_unit_has_no_history(cx, variant);
         check_upcast_chain(cx, variant);
@@ -49,21 +51,64 @@ fn check_has_variants(cx: &Ctxt, input: &EventEnum<'_>) {
     }
 }
 
-/// A variant holds one payload struct, or nothing.
+/// A variant holds one payload struct, named fields (a payload struct is generated for them),
+/// or nothing.
 fn check_variant_shape(cx: &Ctxt, variant: &EventVariant<'_>) {
     let ident = &variant.original.ident;
     match variant.shape {
-        Shape::Other(fields @ syn::Fields::Named(_)) => cx.error_spanned_by(
+        Shape::Struct(fields) if fields.named.is_empty() => cx.error_spanned_by(
             fields,
-            format!(
-                "struct-like variants are not supported: move the fields into a payload struct and write `{ident}({ident})`, so the payload has a type of its own for `Apply`, upcasting and its schema"
-            ),
+            format!("`{ident} {{}}` has no fields: write `{ident}` for an event without data"),
+        ),
+        Shape::Other(fields) if fields.is_empty() => cx.error_spanned_by(
+            fields,
+            format!("`{ident}()` has no payload: write `{ident}` for an event without data, or `{ident}(Payload)`"),
         ),
         Shape::Other(fields) => cx.error_spanned_by(
             fields,
-            format!("an event holds one payload type, not several fields: wrap them in a struct and write `{ident}(Payload)`"),
+            format!("an event holds one payload type, not several unnamed fields: name the fields, `{ident} {{ field: Type, ... }}`, or wrap them in a struct and write `{ident}(Payload)`"),
         ),
-        Shape::Unit | Shape::Newtype(_) => {}
+        Shape::Unit | Shape::Newtype(_) | Shape::Struct(_) => {}
+    }
+}
+
+/// `derive(...)` adds derives to the payload struct generated for a struct variant; other
+/// variants have no generated struct to add them to.
+fn check_derive_only_on_struct_variants(cx: &Ctxt, variant: &EventVariant<'_>) {
+    let Some((key, _)) = &variant.derives else {
+        return;
+    };
+    let ident = &variant.original.ident;
+    match variant.shape {
+        Shape::Struct(_) => {}
+        Shape::Newtype(ty) => cx.error_spanned_by(
+            key,
+            format!(
+                "`derive(...)` applies to the payload struct generated for a struct variant; `{ident}` holds `{}`, so put the derives on that type",
+                quote::quote!(#ty).to_string().replace(' ', "")
+            ),
+        ),
+        Shape::Unit | Shape::Other(_) => cx.error_spanned_by(
+            key,
+            format!("`derive(...)` applies to the payload struct generated for a struct variant, and `{ident}` has no fields"),
+        ),
+    }
+}
+
+/// Event attributes go on the variant; a field's attributes are copied onto the generated
+/// payload struct, where `#[event]` and `#[es]` would mean nothing.
+fn check_no_event_attributes_on_fields(cx: &Ctxt, variant: &EventVariant<'_>) {
+    for field in variant.original.fields.iter() {
+        for attr in field
+            .attrs
+            .iter()
+            .filter(|attr| attr.path().is_ident("event") || attr.path().is_ident("es"))
+        {
+            cx.error_at(
+                crate::attr::attr_span(attr),
+                "event attributes go on the variant, not on a field; a field takes `#[serde(...)]`, `#[schemars(...)]` and doc comments, which the generated payload struct keeps",
+            );
+        }
     }
 }
 
@@ -88,7 +133,7 @@ fn check_unit_has_no_history(cx: &Ctxt, variant: &EventVariant<'_>) {
     }
     let ident = &variant.original.ident;
     let message = format!(
-        "`{ident}` carries no data, so it has no payload to version or upcast; give it a payload struct, `{ident}({ident})`, to evolve it"
+        "`{ident}` carries no data, so it has no payload to version or upcast; give it fields, `{ident} {{ ... }}`, or a payload struct, `{ident}({ident})`, to evolve it"
     );
     if let Some((key, _)) = &variant.upcast {
         cx.error_spanned_by(key, &message);
@@ -100,7 +145,7 @@ fn check_unit_has_no_history(cx: &Ctxt, variant: &EventVariant<'_>) {
 /// The upcast steps give exactly the payload types of versions 1 to N-1, once each, so every
 /// stored version has a path to the current one.
 fn check_upcast_chain(cx: &Ctxt, variant: &EventVariant<'_>) {
-    if !matches!(variant.shape, Shape::Newtype(_)) || !variant.well_formed {
+    if !matches!(variant.shape, Shape::Newtype(_) | Shape::Struct(_)) || !variant.well_formed {
         return;
     }
     let ident = &variant.original.ident;

@@ -85,7 +85,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
     let errors = event_errors(parse_quote! { enum E { #[event(tag = "x")] A(A) } });
     assert_one(
         &errors,
-        "expected one of `name`, `aliases`, `version`, `upcast`",
+        "expected one of `name`, `aliases`, `version`, `upcast`, `derive`",
     );
 }
 
@@ -97,7 +97,7 @@ fn every_mistake_is_reported_at_once() {
             A(A),
             #[event(name = "")]
             B,
-            C { field: u8 },
+            C(u8, u8),
         }
     });
     assert_eq!(errors.len(), 4, "{errors:#?}");
@@ -163,11 +163,46 @@ fn malformed_upcast_steps_are_syntax_errors() {
 }
 
 #[test]
-fn variants_hold_one_payload_or_nothing() {
-    let named = event_errors(parse_quote! { enum E { A { x: u8 } } });
-    assert_one(&named, "struct-like variants are not supported");
+fn variants_hold_one_payload_named_fields_or_nothing() {
+    let input: DeriveInput = parse_quote! {
+        enum E {
+            #[event(version = 2, upcast(1 = AV1), derive(Eq, Hash))]
+            A { x: u8, #[serde(default)] y: String },
+        }
+    };
+    let cx = Ctxt::new();
+    let parsed = EventEnum::parse(&cx, &input).expect("an enum parses");
+    check::event(&cx, &parsed);
+    cx.check()
+        .expect("a struct variant with history and derives is valid");
+    assert!(
+        matches!(parsed.variants[0].shape, crate::ast::Shape::Struct(fields) if fields.named.len() == 2)
+    );
+    assert_eq!(
+        parsed.variants[0].derives.as_ref().map(|(_, d)| d.len()),
+        Some(2)
+    );
+
+    let empty = event_errors(parse_quote! { enum E { A {} } });
+    assert_one(
+        &empty,
+        "`A {}` has no fields: write `A` for an event without data",
+    );
     let several = event_errors(parse_quote! { enum E { A(u8, u8) } });
-    assert_one(&several, "an event holds one payload type");
+    assert_one(
+        &several,
+        "an event holds one payload type, not several unnamed fields",
+    );
+    let derive_on_newtype = event_errors(parse_quote! { enum E { #[event(derive(Eq))] A(P) } });
+    assert_one(
+        &derive_on_newtype,
+        "`A` holds `P`, so put the derives on that type",
+    );
+    let on_field = event_errors(parse_quote! { enum E { A { #[event(name = "x")] x: u8 } } });
+    assert_one(
+        &on_field,
+        "event attributes go on the variant, not on a field",
+    );
     let unit_upcast =
         event_errors(parse_quote! { enum E { #[event(version = 2, upcast(1 = V1))] A } });
     assert_one(&unit_upcast, "`A` carries no data");

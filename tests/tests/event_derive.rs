@@ -193,27 +193,29 @@ fn every_kind_of_bad_stored_event_is_a_distinct_typed_error() {
 }
 
 #[test]
-fn schemas_cover_every_version_of_every_event() {
-    let mut generator = schemars::SchemaGenerator::default();
-    let schemas = ProductEvent::schemas(&mut generator);
+fn schemas_cover_every_version_of_every_event_each_on_its_own() {
+    let schemas = ProductEvent::schemas();
     let versions: Vec<(&str, u32)> = schemas.iter().map(|s| (s.event_type, s.version)).collect();
     assert_eq!(
         versions,
         [
-            ("PriceSet", 3),
             ("PriceSet", 1),
             ("PriceSet", 2),
+            ("PriceSet", 3),
             ("ProductRenamed", 1),
             ("Discontinued", 1)
         ]
     );
-    let properties = |version: u32| {
-        let schema = &schemas
+    let schema = |event_type: &str, version: u32| {
+        schemas
             .iter()
-            .find(|s| s.event_type == "PriceSet" && s.version == version)
+            .find(|s| s.event_type == event_type && s.version == version)
             .unwrap()
-            .schema;
-        let mut keys: Vec<String> = schema.as_value()["properties"]
+            .schema
+            .as_value()
+    };
+    let properties = |version: u32| {
+        let mut keys: Vec<String> = schema("PriceSet", version)["properties"]
             .as_object()
             .unwrap()
             .keys()
@@ -225,4 +227,41 @@ fn schemas_cover_every_version_of_every_event() {
     assert_eq!(properties(1), ["euros"]);
     assert_eq!(properties(2), ["cents"]);
     assert_eq!(properties(3), ["cents", "currency"]);
+    for (event_type, version, title) in [
+        ("PriceSet", 1, "PriceSet v1"),
+        ("ProductRenamed", 1, "ProductRenamed v1"),
+        ("Discontinued", 1, "Discontinued v1"),
+    ] {
+        let schema = schema(event_type, version);
+        assert_eq!(schema["title"], title);
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+    }
+}
+
+#[test]
+fn an_event_holding_nan_or_infinity_is_refused_before_it_is_written() {
+    for euros in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        #[derive(Debug, Clone, PartialEq, Event)]
+        enum Measured {
+            Price(PriceSetV1),
+            Reading { celsius: Vec<f64> },
+        }
+        let error = Measured::Price(PriceSetV1 { euros }).encode().unwrap_err();
+        assert!(
+            error.to_string().starts_with("cannot encode ")
+                && error
+                    .to_string()
+                    .contains(" at `/euros`: JSON has no NaN or infinity"),
+            "{error}"
+        );
+        let error = Measured::Reading {
+            celsius: vec![1.0, euros],
+        }
+        .encode()
+        .unwrap_err();
+        assert!(error.to_string().contains(" at `/celsius/1`: "), "{error}");
+    }
 }

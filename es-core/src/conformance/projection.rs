@@ -206,12 +206,15 @@ where
     }
 }
 
-/// The suite's events: `Tested` (payload `{"n": n}`) and `Broken`, which is declared but never
-/// decodes. Events of any other type are not the projection's and are skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The suite's events: `Tested` (payload `{"n": n}`), `Measured` (payload `{"value": x}`) and
+/// `Broken`, which is declared but never decodes. Events of any other type are not the
+/// projection's and are skipped.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Tested {
     /// A numbered event.
     Numbered(u64),
+    /// A measurement.
+    Measured(f64),
     /// Never produced: `Broken` payloads do not decode.
     Broken,
 }
@@ -220,6 +223,11 @@ impl Event for Tested {
     const TYPES: &'static [EventType] = &[
         EventType {
             name: "Tested",
+            aliases: &[],
+            version: 1,
+        },
+        EventType {
+            name: "Measured",
             aliases: &[],
             version: 1,
         },
@@ -233,6 +241,7 @@ impl Event for Tested {
     fn event_type(&self) -> &'static str {
         match self {
             Tested::Numbered(_) => "Tested",
+            Tested::Measured(_) => "Measured",
             Tested::Broken => "Broken",
         }
     }
@@ -241,14 +250,19 @@ impl Event for Tested {
         1
     }
 
-    fn encode(&self) -> Result<RawJson, serde_json::Error> {
+    fn encode(&self) -> Result<RawJson, crate::json::EncodeError> {
         match self {
-            Tested::Numbered(n) => RawJson::encode(&serde_json::json!({ "n": n })),
-            Tested::Broken => RawJson::encode(&serde_json::json!({ "broken": true })),
+            Tested::Numbered(n) => RawJson::try_encode(&serde_json::json!({ "n": n })),
+            Tested::Measured(value) => RawJson::try_encode(&Measurement { value: *value }),
+            Tested::Broken => RawJson::try_encode(&serde_json::json!({ "broken": true })),
         }
     }
 
     fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Self, DecodeError> {
+        #[derive(serde::Deserialize)]
+        struct Measured {
+            value: f64,
+        }
         #[derive(serde::Deserialize)]
         struct Numbered {
             n: u64,
@@ -267,6 +281,9 @@ impl Event for Tested {
             "Tested" => serde_json::from_str::<Numbered>(payload)
                 .map(|numbered| Tested::Numbered(numbered.n))
                 .map_err(invalid),
+            "Measured" => serde_json::from_str::<Measured>(payload)
+                .map(|measured| Tested::Measured(measured.value))
+                .map_err(invalid),
             "Broken" => serde_json::from_str::<Broken>(payload)
                 .map(|_| Tested::Broken)
                 .map_err(invalid),
@@ -276,9 +293,16 @@ impl Event for Tested {
         }
     }
 
-    fn schemas(_: &mut schemars::SchemaGenerator) -> Vec<EventSchema> {
+    fn schemas() -> Vec<EventSchema> {
         Vec::new()
     }
+}
+
+/// The payload of `Measured`: a struct, so that serializing a NaN reaches the serializer (a
+/// `serde_json::Value` would have turned it into `null` already).
+#[derive(serde::Serialize)]
+struct Measurement {
+    value: f64,
 }
 
 /// A projection that records every `Tested` event it handles in the harness's read model; it

@@ -65,6 +65,18 @@ pub struct AddUpTo {
     pub limit: u64,
 }
 
+/// Records a measurement on an existing counter.
+#[derive(Debug, Clone, Copy)]
+pub struct Measure(pub f64);
+
+impl Handle<Measure> for Counter {
+    type Error = Refused;
+
+    fn handle(&self, command: &Measure) -> Result<Vec<Tested>, Refused> {
+        Ok(vec![Tested::Numbered(1), Tested::Measured(command.0)])
+    }
+}
+
 /// Why the counter refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -475,6 +487,47 @@ pub async fn snapshots_are_flushed_and_reported<S: EventStore>(store: S) {
     assert_eq!(ids.len(), 11 + 3 + 13);
 }
 
+/// A value no reader could load back (NaN, an infinity: JSON has neither, and serde_json would
+/// store `null`) is refused as a typed encode error before anything is written.
+pub async fn a_value_no_reader_can_load_is_refused_before_anything_is_written<S: EventStore>(
+    store: S,
+) {
+    for (name, counters) in repositories(&store) {
+        let id = format!("measured-{name}");
+        counters.create(&id, &Open(1), &context()).await.unwrap();
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let refused = counters.execute(&id, &Measure(value), &context()).await;
+            match refused {
+                Err(ExecuteError::Encode {
+                    event_type: "Measured",
+                    source: crate::EncodeError::NonFiniteFloat { pointer, .. },
+                    ..
+                }) => assert_eq!(pointer, "/value", "{name}"),
+                other => panic!("{name}: expected a typed encode error for {value}, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            stream_len(&store, counters.stream(&id)).await,
+            1,
+            "{name}: nothing written"
+        );
+        let measured = counters
+            .execute(&id, &Measure(21.5), &context())
+            .await
+            .unwrap();
+        assert_eq!(measured.version, 3, "{name}");
+        let stored = store
+            .read_stream(counters.stream(&id), 3, Until::End)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        assert_eq!(
+            stored[0].decode::<Tested>().unwrap(),
+            Tested::Measured(21.5)
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per repository conformance case; `$make` is an async
 /// expression yielding a fresh, empty store, evaluated once per case.
 #[macro_export]
@@ -486,7 +539,8 @@ macro_rules! repository_conformance_tests {
             an_idempotent_command_runs_once,
             commands_on_a_hot_stream_queue,
             tenants_keep_aggregates_apart,
-            snapshots_are_flushed_and_reported);
+            snapshots_are_flushed_and_reported,
+            a_value_no_reader_can_load_is_refused_before_anything_is_written);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -1,5 +1,6 @@
 //! Generated code triggers no lint, even with every warning denied and public items
-//! documented, for public, crate-visible and private enums with data-less events.
+//! documented, for public, crate-visible and private enums with data-less events and
+//! struct-like variants.
 #![deny(warnings, missing_docs, unreachable_pub, missing_debug_implementations, unused_qualifications)]
 #![deny(clippy::all, clippy::pedantic)]
 
@@ -27,6 +28,21 @@ impl From<PlacedV1> for Placed {
     }
 }
 
+/// An older payload of a struct-like variant.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PaidV1 {
+    /// Whole euros.
+    pub euros: i64,
+}
+
+impl From<PaidV1> for order_event::Paid {
+    fn from(v1: PaidV1) -> Self {
+        order_event::Paid {
+            amount_cents: v1.euros * 100,
+        }
+    }
+}
+
 /// Public events.
 #[derive(Debug, Event)]
 pub enum OrderEvent {
@@ -35,6 +51,13 @@ pub enum OrderEvent {
     Placed(Placed),
     /// Shipped.
     Shipped,
+    /// Paid.
+    #[event(version = 2, upcast(1 = PaidV1), derive(PartialEq, Eq))]
+    Paid {
+        /// In cents.
+        #[serde(rename = "amountCents")]
+        amount_cents: i64,
+    },
 }
 
 /// A public aggregate.
@@ -54,6 +77,12 @@ impl Apply<order_event::Shipped> for Order {
     fn apply(&mut self, _: &order_event::Shipped) {}
 }
 
+impl Apply<order_event::Paid> for Order {
+    fn apply(&mut self, event: &order_event::Paid) {
+        self.total -= event.amount_cents;
+    }
+}
+
 mod inner {
     use es_core::{Aggregate, Apply, Event};
 
@@ -65,6 +94,7 @@ mod inner {
     #[derive(Debug, Event)]
     enum PrivateEvent {
         Happened,
+        Noted { text: String },
     }
 
     #[derive(Debug, Default, Aggregate)]
@@ -73,6 +103,10 @@ mod inner {
 
     impl Apply<private_event::Happened> for Private {
         fn apply(&mut self, _: &private_event::Happened) {}
+    }
+
+    impl Apply<private_event::Noted> for Private {
+        fn apply(&mut self, _: &private_event::Noted) {}
     }
 
     #[derive(Debug, Default, Aggregate)]
@@ -85,6 +119,9 @@ mod inner {
 
     pub(crate) fn run() {
         Private.apply_event(&PrivateEvent::Happened);
+        Private.apply_event(&PrivateEvent::Noted {
+            text: String::new(),
+        });
         Crate.apply_event(&CrateEvent::Happened);
     }
 }

@@ -9,8 +9,8 @@ pub struct Placed {
 
 #[derive(Event)]
 pub enum OrderEvent {
+    #[event(derive(Eq))]
     Placed(Placed),
-    Shipped { carrier: String },
 }
 
 fn main() {}
