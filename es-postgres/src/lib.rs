@@ -49,6 +49,7 @@
 //! - **TLS** (default feature `tls-rustls`, with rustls): set `sslmode` and `sslrootcert` in the
 //!   URL as with libpq; `verify-full` checks the server's certificate against the Mozilla roots
 //!   and `sslrootcert`, and its host name. `docs/postgres.md` has the details and the caveats.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 mod append;
