@@ -46,6 +46,10 @@
 //! - **Schema**: every table lives in one PostgreSQL schema ([`DEFAULT_SCHEMA`] unless set with
 //!   [`PgStore::with_schema`]), with its own migration history, so several applications can
 //!   share a database.
+//! - **TLS** (default feature `tls-rustls`, with rustls): set `sslmode` and `sslrootcert` in the
+//!   URL as with libpq; `verify-full` checks the server's certificate against the Mozilla roots
+//!   and `sslrootcert`, and its host name. `docs/postgres.md` has the details and the caveats.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 mod append;
