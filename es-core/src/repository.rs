@@ -338,6 +338,12 @@ impl<A: Aggregate, S: EventStore> TenantRepositories<A, S> {
     pub fn tenant(&self, tenant: &Tenant) -> Repository<A, S> {
         self.repository.for_tenant(tenant)
     }
+
+    /// Waits until every snapshot started so far, of any tenant, is saved: see
+    /// [`Repository::flush_snapshots`].
+    pub async fn flush_snapshots(&self) {
+        self.repository.flush_snapshots().await;
+    }
 }
 
 /// Snapshot saves running in the background, awaited by [`Repository::flush_snapshots`].

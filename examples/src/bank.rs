@@ -137,6 +137,7 @@ impl Account {
 
 impl Handle<Open> for Account {
     type Error = AccountError;
+    const CREATES: bool = true;
     fn handle(&self, command: &Open) -> Result<Vec<AccountEvent>, AccountError> {
         if self.open {
             return Err(AccountError::AlreadyOpen);

@@ -213,6 +213,7 @@ impl Product {
 
 impl Handle<CreateProduct> for Product {
     type Error = ProductError;
+    const CREATES: bool = true;
 
     fn handle(&self, command: &CreateProduct) -> Result<Vec<ProductEvent>, ProductError> {
         if self.id.is_some() {

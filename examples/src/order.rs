@@ -314,6 +314,7 @@ impl Order {
 
 impl Handle<CreateOrder> for Order {
     type Error = OrderError;
+    const CREATES: bool = true;
 
     fn handle(&self, command: &CreateOrder) -> Result<Vec<OrderEvent>, OrderError> {
         if self.status != OrderStatus::New {

@@ -1,18 +1,20 @@
-//! Seed 000's `OrderListProjection`: the `order_list_view` table, one row per order, kept by a
+//! The order list read model: the `order_list_view` table, one row per order, kept by a
 //! transactional projection. Its writes go through the runner's transaction, so each batch's
-//! rows and the checkpoint commit together (exactly once), on PostgreSQL and on SQLite alike.
+//! rows and the checkpoint commit together (exactly once). Written once, for every SQL store:
+//! SQLite, PostgreSQL, or either behind a `DynStore`.
 
 use chrono::{DateTime, Utc};
 use es_core::RecordedEvent;
 use es_core::projection::{HandlerError, Projection};
-use es_postgres::PgStore;
-use es_sqlite::SqliteStore;
+use es_core::sql::{SqlStore, SqlValue, rows_as};
 
 use crate::order::OrderEvent;
 
 /// One row of `order_list_view`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderRow {
+    /// The tenant the order belongs to.
+    pub tenant: String,
     /// The order (stream) id.
     pub order_id: String,
     /// Who ordered.
@@ -44,15 +46,14 @@ impl Default for OrderList {
 }
 
 impl OrderList {
-    /// The read model in table `order_list_view` (SQLite, or PostgreSQL's default schema).
+    /// The read model in table `order_list_view` (SQLite, or PostgreSQL's search path).
     pub fn new() -> Self {
         Self {
             table: "order_list_view".to_owned(),
         }
     }
 
-    /// The read model in PostgreSQL schema `schema`, beside the store's own tables
-    /// (`PgStore::schema`).
+    /// The read model in PostgreSQL schema `schema`, beside the store's own tables.
     pub fn in_schema(schema: &str) -> Self {
         Self {
             table: format!("\"{}\".order_list_view", schema.replace('"', "\"\"")),
@@ -64,161 +65,129 @@ impl OrderList {
         &self.table
     }
 
-    /// Creates the table on PostgreSQL if it does not exist.
-    pub async fn create_table_postgres(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query(&self.create_table("TIMESTAMPTZ"))
-            .execute(pool)
-            .await
-            .map(drop)
-    }
-
-    /// Creates the table on SQLite if it does not exist.
-    pub async fn create_table_sqlite(&self, pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
-        sqlx::query(&self.create_table("TEXT"))
-            .execute(pool)
-            .await
-            .map(drop)
-    }
-
-    fn create_table(&self, time: &str) -> String {
-        format!(
+    /// Creates the table if it does not exist.
+    pub async fn create_table<S: SqlStore>(&self, store: &S) -> Result<(), es_core::StoreError> {
+        let time = store.dialect().timestamp_type();
+        let statement = format!(
             "CREATE TABLE IF NOT EXISTS {} (
-                order_id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                order_id TEXT NOT NULL,
                 customer_id TEXT NOT NULL,
                 total_amount BIGINT NOT NULL,
                 status TEXT NOT NULL,
                 created_at {time} NOT NULL,
                 confirmed_at {time},
                 cancelled_at {time},
-                cancellation_reason TEXT
+                cancellation_reason TEXT,
+                PRIMARY KEY (tenant, order_id)
             )",
             self.table
-        )
+        );
+        let mut transaction = store.begin(es_core::LogScope::AllTenants).await?;
+        S::execute(&mut transaction, &statement, &[]).await?;
+        store.commit(transaction).await
     }
 
-    /// Every row, by creation time then id.
-    pub async fn rows_postgres(&self, pool: &sqlx::PgPool) -> Result<Vec<OrderRow>, sqlx::Error> {
-        sqlx::query_as(&self.select_all()).fetch_all(pool).await
-    }
-
-    /// Every row, by creation time then id.
-    pub async fn rows_sqlite(&self, pool: &sqlx::SqlitePool) -> Result<Vec<OrderRow>, sqlx::Error> {
-        sqlx::query_as(&self.select_all()).fetch_all(pool).await
-    }
-
-    fn select_all(&self) -> String {
-        format!("SELECT * FROM {} ORDER BY created_at, order_id", self.table)
+    /// A tenant's orders, newest first, at most `limit`.
+    pub async fn rows<S: SqlStore>(
+        &self,
+        store: &S,
+        tenant: &str,
+        limit: i64,
+    ) -> Result<Vec<OrderRow>, Box<dyn std::error::Error + Send + Sync>> {
+        let rows = store
+            .query(
+                &format!(
+                    "SELECT * FROM {} WHERE tenant = $1 ORDER BY created_at DESC, order_id LIMIT $2",
+                    self.table
+                ),
+                &[tenant.into(), limit.into()],
+            )
+            .await?;
+        Ok(rows_as(rows)?)
     }
 }
 
-/// What one event does to its order's row.
-enum Change<'a> {
-    Insert {
-        customer_id: &'a str,
-        total_amount: i64,
-        created_at: DateTime<Utc>,
-    },
-    Status(&'static str),
-    Confirmed(DateTime<Utc>),
-    Cancelled(DateTime<Utc>, &'a str),
-}
+impl<S: SqlStore> Projection<S> for OrderList {
+    type Event = OrderEvent;
 
-impl<'a> Change<'a> {
-    fn of(event: &'a OrderEvent) -> Self {
-        match event {
-            OrderEvent::OrderCreated(e) => Change::Insert {
-                customer_id: &e.customer_id,
-                total_amount: e.total_amount,
-                created_at: e.created_at,
-            },
-            OrderEvent::InventoryReserved(_) => Change::Status("INVENTORY_RESERVED"),
-            OrderEvent::PaymentProcessed(_) => Change::Status("PAYMENT_PROCESSED"),
-            OrderEvent::OrderConfirmed(e) => Change::Confirmed(e.confirmed_at),
-            OrderEvent::OrderCancelled(e) => Change::Cancelled(e.cancelled_at, &e.reason),
-        }
+    fn name(&self) -> &str {
+        "order_list"
     }
 
-    fn sql(&self, table: &str) -> String {
-        match self {
+    async fn handle(
+        &mut self,
+        transaction: &mut S::Transaction,
+        event: &OrderEvent,
+        envelope: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        let table = &self.table;
+        let key = [
+            SqlValue::from(&envelope.tenant),
+            SqlValue::from(&envelope.stream_id),
+        ];
+        let (statement, params): (String, Vec<SqlValue>) = match event {
             // Upsert, so that a read model fed at least once (outside a shared transaction)
             // converges too.
-            Change::Insert { .. } => format!(
-                "INSERT INTO {table} (order_id, customer_id, total_amount, status, created_at)
-                 VALUES ($1, $2, $3, 'PENDING', $4)
-                 ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id,
-                     total_amount = excluded.total_amount, status = 'PENDING',
-                     created_at = excluded.created_at, confirmed_at = NULL, cancelled_at = NULL,
-                     cancellation_reason = NULL"
+            OrderEvent::OrderCreated(created) => (
+                format!(
+                    "INSERT INTO {table} (tenant, order_id, customer_id, total_amount, status, created_at)
+                     VALUES ($1, $2, $3, $4, 'PENDING', $5)
+                     ON CONFLICT (tenant, order_id) DO UPDATE SET customer_id = excluded.customer_id,
+                         total_amount = excluded.total_amount, status = 'PENDING',
+                         created_at = excluded.created_at, confirmed_at = NULL, cancelled_at = NULL,
+                         cancellation_reason = NULL"
+                ),
+                vec![
+                    created.customer_id.as_str().into(),
+                    created.total_amount.into(),
+                    created.created_at.into(),
+                ],
             ),
-            Change::Status(_) => format!("UPDATE {table} SET status = $2 WHERE order_id = $1"),
-            Change::Confirmed(_) => {
-                format!("UPDATE {table} SET status = 'CONFIRMED', confirmed_at = $2 WHERE order_id = $1")
-            }
-            Change::Cancelled(..) => format!(
-                "UPDATE {table} SET status = 'CANCELLED', cancelled_at = $2, cancellation_reason = $3
-                 WHERE order_id = $1"
+            OrderEvent::InventoryReserved(_) => status(table, "INVENTORY_RESERVED"),
+            OrderEvent::PaymentProcessed(_) => status(table, "PAYMENT_PROCESSED"),
+            OrderEvent::OrderConfirmed(confirmed) => (
+                format!(
+                    "UPDATE {table} SET status = 'CONFIRMED', confirmed_at = $3 \
+                     WHERE tenant = $1 AND order_id = $2"
+                ),
+                vec![confirmed.confirmed_at.into()],
             ),
+            OrderEvent::OrderCancelled(cancelled) => (
+                format!(
+                    "UPDATE {table} SET status = 'CANCELLED', cancelled_at = $3, \
+                     cancellation_reason = $4 WHERE tenant = $1 AND order_id = $2"
+                ),
+                vec![
+                    cancelled.cancelled_at.into(),
+                    cancelled.reason.as_str().into(),
+                ],
+            ),
+        };
+        let params: Vec<SqlValue> = key.into_iter().chain(params).collect();
+        let updated = S::execute(transaction, &statement, &params).await?;
+        if updated == 0 {
+            // The global log delivers an order's creation first: a missing row means the table
+            // was tampered with, so fail (retry, then park) rather than skip.
+            return Err(format!(
+                "{table} has no row for order `{}` (event {} at version {})",
+                envelope.stream_id, envelope.event_type, envelope.stream_version
+            )
+            .into());
         }
+        Ok(())
+    }
+
+    async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
+        S::execute(transaction, &format!("DELETE FROM {}", self.table), &[]).await?;
+        Ok(())
     }
 }
 
-/// The order list on one store; the body is the same for every SQL store.
-macro_rules! order_list_projection {
-    ($store:ty) => {
-        impl Projection<$store> for OrderList {
-            type Event = OrderEvent;
-
-            fn name(&self) -> &str {
-                "order_list"
-            }
-
-            async fn handle(
-                &mut self,
-                transaction: &mut <$store as es_core::projection::ProjectionStore>::Transaction,
-                event: &OrderEvent,
-                envelope: &RecordedEvent,
-            ) -> Result<(), HandlerError> {
-                let change = Change::of(event);
-                let sql = change.sql(&self.table);
-                let query = sqlx::query(&sql).bind(&envelope.stream_id);
-                let query = match change {
-                    Change::Insert {
-                        customer_id,
-                        total_amount,
-                        created_at,
-                    } => query.bind(customer_id).bind(total_amount).bind(created_at),
-                    Change::Status(status) => query.bind(status),
-                    Change::Confirmed(at) => query.bind(at),
-                    Change::Cancelled(at, reason) => query.bind(at).bind(reason),
-                };
-                let updated = query.execute(&mut **transaction).await?.rows_affected();
-                if updated == 0 {
-                    // The global log delivers an order's creation first: a missing row means
-                    // the table was tampered with, so fail (retry, then park) rather than skip.
-                    return Err(format!(
-                        "{} has no row for order `{}` (event {} at version {})",
-                        self.table,
-                        envelope.stream_id,
-                        envelope.event_type,
-                        envelope.stream_version
-                    )
-                    .into());
-                }
-                Ok(())
-            }
-
-            async fn reset(
-                &mut self,
-                transaction: &mut <$store as es_core::projection::ProjectionStore>::Transaction,
-            ) -> Result<(), HandlerError> {
-                sqlx::query(&format!("DELETE FROM {}", self.table))
-                    .execute(&mut **transaction)
-                    .await?;
-                Ok(())
-            }
-        }
-    };
+/// The statement that moves an order to `status`.
+fn status(table: &str, status: &str) -> (String, Vec<SqlValue>) {
+    (
+        format!("UPDATE {table} SET status = $3 WHERE tenant = $1 AND order_id = $2"),
+        vec![status.into()],
+    )
 }
-
-order_list_projection!(PgStore);
-order_list_projection!(SqliteStore);
