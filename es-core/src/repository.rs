@@ -518,6 +518,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Folds the events after `loaded.version` into it; returns how many were folded.
+    // The replay's visitor fails with the load's own error, whatever its size.
+    #[allow(clippy::result_large_err)]
     async fn fold(
         &self,
         stream: StreamKey<'_>,
