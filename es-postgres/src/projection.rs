@@ -65,11 +65,6 @@ impl PgLock {
         closed.map_err(|e| store_error("close a projection lock's connection", e))
     }
 
-    /// The projection it holds.
-    pub fn projection(&self) -> &str {
-        &self.projection
-    }
-
     /// Removes the lease this lock registered with its store.
     fn forget(&self) {
         let mut leases = self

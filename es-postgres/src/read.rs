@@ -191,7 +191,7 @@ pub(crate) fn read_stream<'a>(
         return Box::pin(futures_util::stream::iter([Err(error)]));
     }
     let events: EventStream<'a> = if store.isolates_tenants() {
-        isolated_read_stream(store.clone(), stream, from_version, until)
+        isolated_read_stream(store.clone(), stream, from_version, until, span.clone())
     } else {
         let inner = &store.inner;
         let query = stream_range(inner.sql.read_stream(until), stream, from_version, until);
@@ -219,11 +219,12 @@ fn isolated_read_stream<'a>(
     stream: StreamKey<'a>,
     from_version: u64,
     until: Until,
+    span: tracing::Span,
 ) -> EventStream<'a> {
     let owned = stream.to_owned();
     let started = async move {
         let (sender, receiver) = tokio::sync::mpsc::channel(ISOLATED_READ_BUFFER);
-        tokio::spawn(async move {
+        let read = async move {
             let stream = owned.as_key();
             let operation = || format!("read stream `{stream}`");
             let mut session = match store.session(stream.tenant).await {
@@ -249,7 +250,8 @@ fn isolated_read_stream<'a>(
                     return;
                 }
             }
-        });
+        };
+        tokio::spawn(read.instrument(span));
         tokio_stream_of(receiver)
     };
     Box::pin(futures_util::stream::once(started).flatten())
