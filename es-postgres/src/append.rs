@@ -1,14 +1,20 @@
 //! Appending a batch: one statement (`sql/append.sql`) per attempt, retried only when a unique
 //! index caught a concurrent writer, so every decision is made on committed data. A committed
 //! append signals the store's notifier, which notifies listeners after the commit.
+//!
+//! Under tenant isolation each attempt runs in a transaction scoped to the stream's tenant:
+//! `BEGIN`, the setting, the statement, `COMMIT`, four round trips instead of one.
 
 use std::time::Instant;
 
-use es_core::{AppendOutcome, AppendedRange, ExpectedVersion, NewEvent, StoreError};
+use es_core::{
+    AppendOutcome, AppendedRange, ExpectedVersion, NewEvent, StoreError, StreamKey, StreamKeyBuf,
+};
 use sqlx::Row;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::error::store_error;
 use crate::read::{position, version};
 use crate::store::PgStore;
 
@@ -20,15 +26,14 @@ const EVENT_ID_KEY: &str = "events_event_id_key";
 
 pub(crate) async fn append(
     store: &PgStore,
-    stream_type: &str,
-    stream_id: &str,
+    stream: StreamKey<'_>,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
 ) -> Result<AppendOutcome, StoreError> {
     let span = tracing::debug_span!(
         "es.pg.append",
         schema = store.schema(),
-        stream_id,
+        stream = %stream,
         events = events.len(),
         expected = %expected,
         attempts = tracing::field::Empty,
@@ -37,7 +42,7 @@ pub(crate) async fn append(
     );
     async move {
         let started = Instant::now();
-        let result = append_checked(store, stream_type, stream_id, expected, &events).await;
+        let result = append_checked(store, stream, expected, &events).await;
         if let Ok(AppendOutcome::Appended(_)) = result {
             // Committed: wake the listeners, in the background (see `notifier.rs`).
             store
@@ -62,46 +67,13 @@ pub(crate) async fn append(
     .await
 }
 
-fn invalid(stream_id: &str, reason: impl Into<String>) -> StoreError {
-    StoreError::InvalidAppend {
-        stream_id: stream_id.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// Rejects what PostgreSQL would reject less clearly, before any round trip.
-fn check_batch(stream_type: &str, stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
-    es_core::check_batch(stream_id, events)?;
-    // PostgreSQL text cannot hold NUL.
-    if stream_id.contains('\0') {
-        return Err(invalid(stream_id, "the stream id contains a NUL character"));
-    }
-    if stream_type.contains('\0') {
-        return Err(invalid(
-            stream_id,
-            "the stream type contains a NUL character",
-        ));
-    }
-    if let Some(event) = events.iter().find(|event| event.event_type.contains('\0')) {
-        return Err(invalid(
-            stream_id,
-            format!(
-                "the type of event {} contains a NUL character",
-                event.event_id
-            ),
-        ));
-    }
-    Ok(())
-}
-
 async fn append_checked(
     store: &PgStore,
-    stream_type: &str,
-    stream_id: &str,
+    stream: StreamKey<'_>,
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<AppendOutcome, StoreError> {
-    check_batch(stream_type, stream_id, events)?;
+    es_core::contract::check_append(stream, events)?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let schema_versions: Vec<i64> = events.iter().map(|e| i64::from(e.schema_version)).collect();
@@ -115,7 +87,7 @@ async fn append_checked(
         ExpectedVersion::Exact(version) => ("exact", i64::try_from(version).unwrap_or(-1)),
     };
     let inner = &store.inner;
-    let operation = || format!("append to stream `{stream_id}`");
+    let operation = || format!("append to stream `{stream}`");
     let mut attempts: u32 = 0;
     // Each retry follows a unique violation, which PostgreSQL raises only after the other
     // writer committed; the next attempt's snapshot sees that commit and decides on it. So every
@@ -123,9 +95,14 @@ async fn append_checked(
     loop {
         attempts += 1;
         tracing::Span::current().record("attempts", attempts);
+        let mut session = store
+            .session(stream.tenant)
+            .await
+            .map_err(|e| store_error(operation(), e))?;
         let result = sqlx::query(&inner.sql.append)
-            .bind(stream_type)
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(&ids)
             .bind(&types)
             .bind(&schema_versions)
@@ -133,14 +110,14 @@ async fn append_checked(
             .bind(&metadata)
             .bind(kind)
             .bind(exact)
-            .fetch_one(&inner.pool)
+            .fetch_one(session.connection())
             .await;
         let row = match result {
             Ok(row) => row,
             // Another writer committed this version first: decide again on a fresh snapshot.
             Err(error) if is_race(&error, VERSION_KEY) => {
                 tracing::debug!(
-                    stream_id,
+                    stream = %stream,
                     attempts,
                     "a concurrent append won the race, deciding again"
                 );
@@ -148,18 +125,29 @@ async fn append_checked(
             }
             // One of the batch's ids is stored: the same batch re-sent, or a reused id.
             Err(error) if is_race(&error, EVENT_ID_KEY) => {
-                match classify(store, stream_id, &ids).await? {
+                drop(session);
+                match classify(store, stream, &ids).await? {
                     Some(outcome) => return Ok(outcome),
+                    // Under tenant isolation, an id this tenant cannot see is another tenant's:
+                    // looking again would find nothing again.
+                    None if store.isolates_tenants() => {
+                        return Err(StoreError::backend(
+                            operation(),
+                            "an event id of the batch is used by an event of another tenant",
+                        ));
+                    }
                     None => continue,
                 }
             }
-            Err(error) => return Err(map_error(error, stream_id)),
+            Err(error) => return Err(map_error(error, stream)),
         };
-        let reply = |e| StoreError::backend(operation(), e);
+        let reply = |e| store_error(operation(), e);
         let current: Option<i64> = row.try_get(0).map_err(reply)?;
         let written: i64 = row.try_get(1).map_err(reply)?;
-        let current = current.map(|v| version(v, stream_id)).transpose()?;
+        let current = current.map(|v| version(v, stream)).transpose()?;
         if written == 0 {
+            // Nothing was written: the transaction, if any, is rolled back.
+            drop(session);
             // The expectation does not hold; but a re-sent batch is not a conflict, so the
             // ids are looked up first (the idempotency check comes before the version check).
             // A batch re-sent with an exact expectation (or none for no stream) sits right
@@ -171,11 +159,11 @@ async fn append_checked(
                 }
                 ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
             };
-            if maybe_resent && let Some(outcome) = classify(store, stream_id, &ids).await? {
+            if maybe_resent && let Some(outcome) = classify(store, stream, &ids).await? {
                 return Ok(outcome);
             }
             return Err(StoreError::Conflict {
-                stream_id: stream_id.to_owned(),
+                stream: stream.to_owned(),
                 expected,
                 actual: current,
             });
@@ -197,17 +185,16 @@ async fn append_checked(
                 format!("the append wrote {written} of {} events", events.len()),
             ));
         }
-        let last_version = version(last_version, stream_id)?;
-        return Ok(AppendOutcome::Appended(AppendedRange {
+        let range = AppendedRange {
             first_version: current.unwrap_or(0) + 1,
-            last_version,
-            last_position: position(
-                &last_transaction,
-                last_position,
-                stream_id,
-                last_version as i64,
-            )?,
-        }));
+            last_version: version(last_version, stream)?,
+            last_position: position(&last_transaction, last_position, stream, last_version)?,
+        };
+        session
+            .finish()
+            .await
+            .map_err(|e| store_error(operation(), e))?;
+        return Ok(AppendOutcome::Appended(range));
     }
 }
 
@@ -216,56 +203,55 @@ async fn append_checked(
 fn is_race(error: &sqlx::Error, constraint: &str) -> bool {
     match error {
         sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
+            db.is_unique_violation() && db.constraint() == Some(constraint)
         }
         _ => false,
     }
 }
 
-/// Input PostgreSQL refused becomes [`StoreError::InvalidAppend`]; the rest is a backend error.
-/// Messages never include the server's detail, which may quote the payload.
-fn map_error(error: sqlx::Error, stream_id: &str) -> StoreError {
-    if let sqlx::Error::Database(db) = &error {
-        let reason = match db.code().as_deref() {
-            // invalid_text_representation, untranslatable_character: jsonb refused the text.
-            Some("22P02" | "22P05") => {
-                Some("a payload or metadata is not JSON that PostgreSQL accepts")
-            }
-            // character_not_in_repertoire: a NUL or invalid byte in text.
-            Some("22021") => {
-                Some("a payload or metadata holds a character PostgreSQL text cannot store")
-            }
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            return invalid(stream_id, format!("{reason} ({})", db.message()));
-        }
+/// The store's error for a failed append statement.
+///
+/// The input contract (`es_core::contract`) refuses, before any round trip, every value
+/// PostgreSQL's `text` and `jsonb` cannot hold; should PostgreSQL refuse one all the same, the
+/// error names the SQLSTATE only: the server's message and detail may quote the payload.
+fn map_error(error: sqlx::Error, stream: StreamKey<'_>) -> StoreError {
+    let operation = format!("append to stream `{stream}`");
+    if let sqlx::Error::Database(db) = &error
+        && let Some(code @ ("22P02" | "22P05" | "22021")) = db.code().as_deref()
+    {
+        return StoreError::backend(
+            operation,
+            format!("PostgreSQL refused a value of the batch (SQLSTATE {code})"),
+        );
     }
-    StoreError::backend(format!("append to stream `{stream_id}`"), error)
+    store_error(operation, error)
 }
 
 /// After the append found one of the batch's ids stored: the very same batch (same ids, same
 /// order, same stream, written by one append and nothing more) is already appended; anything
-/// else is a reused id. `None` when the ids are no longer there (deleted behind the store's
-/// back), so the append is attempted again.
+/// else is a reused id. `None` when the ids are not there (deleted behind the store's back, or,
+/// under tenant isolation, another tenant's).
 async fn classify(
     store: &PgStore,
-    stream_id: &str,
+    stream: StreamKey<'_>,
     ids: &[Uuid],
 ) -> Result<Option<AppendOutcome>, StoreError> {
-    let operation = || format!("append to stream `{stream_id}`");
+    let operation = || format!("append to stream `{stream}`");
+    let reply = |e| store_error(operation(), e);
+    let mut session = store.session(stream.tenant).await.map_err(reply)?;
     // Not a prepared statement: planned for these ids and the table as it is now. A cached
     // generic plan, made while the table was small, would scan the whole log.
     let rows = sqlx::query(&store.inner.sql.classify)
         .persistent(false)
         .bind(ids)
-        .fetch_all(&store.inner.pool)
+        .fetch_all(session.connection())
         .await
-        .map_err(|e| StoreError::backend(operation(), e))?;
+        .map_err(reply)?;
+    session.finish().await.map_err(reply)?;
     struct Found {
         ordinal: i64,
         event_id: Uuid,
-        stream_id: String,
+        stream: StreamKeyBuf,
         version: u64,
         position: es_core::Position,
         transaction: String,
@@ -273,23 +259,26 @@ async fn classify(
     }
     let mut found = Vec::with_capacity(rows.len());
     for row in &rows {
-        let reply = |e| StoreError::backend(operation(), e);
-        let stored_stream: String = row.try_get(2).map_err(reply)?;
-        let stored_version: i64 = row.try_get(3).map_err(reply)?;
-        let transaction: String = row.try_get(5).map_err(reply)?;
+        let stored_stream = StreamKeyBuf {
+            tenant: row.try_get(2).map_err(reply)?,
+            stream_type: row.try_get(3).map_err(reply)?,
+            id: row.try_get(4).map_err(reply)?,
+        };
+        let stored_version: i64 = row.try_get(5).map_err(reply)?;
+        let transaction: String = row.try_get(7).map_err(reply)?;
         found.push(Found {
             ordinal: row.try_get(0).map_err(reply)?,
             event_id: row.try_get(1).map_err(reply)?,
             version: version(stored_version, &stored_stream)?,
             position: position(
                 &transaction,
-                row.try_get(4).map_err(reply)?,
+                row.try_get(6).map_err(reply)?,
                 &stored_stream,
                 stored_version,
             )?,
-            stream_id: stored_stream,
+            stream: stored_stream,
             transaction,
-            with_others: row.try_get(6).map_err(reply)?,
+            with_others: row.try_get(8).map_err(reply)?,
         });
     }
     let Some(first) = found.first() else {
@@ -298,7 +287,7 @@ async fn classify(
     let same_batch = found.len() == ids.len()
         && found.iter().enumerate().all(|(offset, stored)| {
             stored.ordinal == offset as i64 + 1
-                && stored.stream_id == stream_id
+                && stored.stream.as_key() == stream
                 && stored.transaction == first.transaction
                 && stored.version == first.version + offset as u64
                 && !stored.with_others
@@ -306,7 +295,7 @@ async fn classify(
     if !same_batch {
         return Err(StoreError::DuplicateEventId {
             event_id: first.event_id,
-            existing_stream_id: first.stream_id.clone(),
+            existing_stream: first.stream.clone(),
             existing_version: first.version,
         });
     }
@@ -316,41 +305,4 @@ async fn classify(
         last_version: last.version,
         last_position: last.position,
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use es_core::RawJson;
-
-    use super::*;
-
-    fn event() -> NewEvent {
-        NewEvent {
-            event_id: Uuid::new_v4(),
-            event_type: "Tested".to_owned(),
-            schema_version: 1,
-            payload: RawJson::empty_object(),
-            metadata: RawJson::empty_object(),
-        }
-    }
-
-    fn reason(result: Result<(), StoreError>) -> String {
-        match result {
-            Err(StoreError::InvalidAppend { reason, .. }) => reason,
-            other => panic!("expected an invalid append, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn batches_are_checked_before_any_round_trip() {
-        assert!(check_batch("t", "s", &[event(), event()]).is_ok());
-        assert!(reason(check_batch("t", "s", &[])).contains("empty"));
-        let one = event();
-        assert!(reason(check_batch("t", "s", &[one.clone(), one])).contains("twice"));
-        assert!(reason(check_batch("t", "s\0", &[event()])).contains("stream id"));
-        assert!(reason(check_batch("t\0", "s", &[event()])).contains("stream type"));
-        let mut bad_type = event();
-        bad_type.event_type.push('\0');
-        assert!(reason(check_batch("t", "s", &[bad_type])).contains("type of event"));
-    }
 }

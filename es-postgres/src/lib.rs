@@ -1,17 +1,15 @@
 //! The production event store of `es`, on PostgreSQL (15 or newer).
 //!
 //! ```no_run
-//! use es_core::{EventStore, ExpectedVersion, NewEvent, Position, RawJson};
-//! use es_postgres::PgStore;
+//! use es_core::{EventStore, ExpectedVersion, LogScope, NewEvent, Position, RawJson, StreamKey};
+//! use es_postgres::{PgOptions, PgStore};
 //! use uuid::Uuid;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Tables live in the PostgreSQL schema `es` unless told otherwise.
-//! let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/postgres")
-//!     .await?
-//!     .with_schema("billing")?;
-//! store.migrate().await?;
+//! // Connects and migrates the tables of schema `billing` before returning.
+//! let options = PgOptions::new().schema("billing")?;
+//! let store = PgStore::connect_with("postgres://postgres@127.0.0.1:5432/postgres", options).await?;
 //!
 //! let event = NewEvent {
 //!     event_id: Uuid::new_v4(),
@@ -20,41 +18,60 @@
 //!     payload: RawJson::from_string(r#"{"owner":"ada"}"#),
 //!     metadata: RawJson::empty_object(),
 //! };
-//! store.append("account", "account-1", ExpectedVersion::NoStream, vec![event]).await?;
+//! // A stream is named by tenant, stream type and id; `StreamKey::new` is in tenant `default`.
+//! let account = StreamKey::new("account", "account-1").in_tenant("acme");
+//! store.append(account, ExpectedVersion::NoStream, vec![event]).await?;
 //!
-//! // The global log, in an order no reader ever skips an event of.
-//! let first_page = store.read_all(Position::START, 100).await?;
+//! // The global log of one tenant (or of all), in an order no reader ever skips an event of.
+//! let first_page = store.read_all(LogScope::Tenant("acme"), Position::START, 100).await?;
 //! assert_eq!(first_page.len(), 1);
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! [`PgStore`] implements [`es_core::EventStore`] (append under an expected version, stream
-//! reads, the global log, snapshots) and [`es_core::projection::ProjectionStore`] (checkpoints,
-//! dead letters, a transaction shared with SQL read models, a per-projection lock that fences a
-//! runner which lost it, and live notification), and passes the store conformance suite of
-//! `es-core`.
+//! reads, the global log, events by id, snapshots) and
+//! [`es_core::projection::ProjectionStore`] (checkpoints, dead letters, a transaction shared with
+//! SQL read models, a per-projection lock whose holder's transactions are fenced, and live
+//! notification). It passes both conformance suites of `es-core`, and checks its input with
+//! [`es_core::contract`] before any round trip, so it accepts and refuses what every store does.
 //!
-//! - **Append**: one statement and one round trip per batch. A concurrency conflict is decided
-//!   by the primary key `(stream_id, stream_version)`: a racing writer fails with SQLSTATE 23505,
-//!   never by a read-then-write race. Re-sending a batch whose reply was lost is detected by the
-//!   unique event id and reported as [`es_core::AppendOutcome::AlreadyAppended`].
+//! - **Streams** are keyed by `(tenant, stream type, stream id)`: the primary key of the event
+//!   table, which also decides concurrency conflicts (a racing writer fails with SQLSTATE 23505,
+//!   never by a read-then-write race).
+//! - **Append**: one statement and one round trip per batch. Re-sending a batch whose reply was
+//!   lost is detected by the unique event id and reported as
+//!   [`es_core::AppendOutcome::AlreadyAppended`].
 //! - **Global log**: ordered by `(transaction id, position)` and delivered only below the oldest
-//!   running transaction, so a writer that commits late never makes a reader skip its events.
-//!   The price: a long-running write transaction anywhere on the server delays readers (never
-//!   loses an event). `docs/postgres.md` explains the table layout and this tradeoff.
-//! - **Schema**: every table lives in one PostgreSQL schema ([`DEFAULT_SCHEMA`] unless set with
-//!   [`PgStore::with_schema`]), with its own migration history, so several applications can
-//!   share a database.
+//!   running transaction, so a writer that commits late never makes a reader skip its events; one
+//!   tenant's log walks an index of its own. The price: a long-running write transaction anywhere
+//!   on the server delays readers (never loses an event).
+//! - **Opening**: [`PgStore::connect`] and [`PgStore::connect_with`] migrate the schema before
+//!   they return (unless [`PgOptions::migrate`] is off); a store on a pool of yours
+//!   ([`PgStore::new`], [`PgStore::with_options`]) migrates when you call [`PgStore::migrate`].
+//!   Every table lives in one PostgreSQL schema ([`DEFAULT_SCHEMA`] unless set with
+//!   [`PgOptions::schema`]), with its own migration history.
+//! - **Tenant isolation** ([`PgOptions::tenant_isolation`]): row level security policies keyed to
+//!   the setting `es.tenant`, which the store sets at the start of every transaction on a
+//!   tenant's data, so a role that does not bypass row level security sees and writes one
+//!   tenant's rows only.
+//! - **Errors**: a database out of reach or too busy is [`es_core::StoreError::Unavailable`]
+//!   (see [`es_core::StoreError::is_transient`]); messages never quote payloads or the server's
+//!   detail.
+//!
 //! - **TLS** (default feature `tls-rustls`, with rustls): set `sslmode` and `sslrootcert` in the
 //!   URL as with libpq; `verify-full` checks the server's certificate against the Mozilla roots
 //!   and `sslrootcert`, and its host name. `docs/postgres.md` has the details and the caveats.
+//!
+//! `docs/postgres.md` explains the tables, the log's ordering, tenant isolation and its roles,
+//! fencing, TLS, and the tracing spans.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 mod append;
 mod error;
 mod notifier;
+mod options;
 mod projection;
 mod read;
 mod replay;
@@ -65,9 +82,17 @@ mod store;
 pub mod testing;
 
 pub use error::PgError;
-pub use projection::{LockLost, PgLock};
+pub use options::{DEFAULT_HORIZON_WAIT, DEFAULT_MAX_CONNECTIONS, PgOptions};
+pub use projection::PgLock;
 pub use schema::DEFAULT_SCHEMA;
-pub use store::{DEFAULT_HORIZON_WAIT, PgStore};
+pub use store::PgStore;
+
+/// The setting that scopes a transaction to a tenant under tenant isolation: the store runs
+/// `SELECT set_config('es.tenant', $1, true)` first in every transaction on a tenant's data, and
+/// the row level security policies compare each row's tenant with
+/// `current_setting('es.tenant', true)`. SQL of your own on the store's tables sets it the same
+/// way.
+pub const TENANT_SETTING: &str = sql::TENANT_SETTING;
 
 /// The PostgreSQL driver, re-exported so read models can name its types (`PgPool`,
 /// `Transaction`, `query`) in the very version this crate uses.

@@ -1,15 +1,17 @@
 //! What projections need from the store: checkpoints and dead letters written through the same
-//! transaction as a SQL read model, a per-projection advisory lock, and live notification.
+//! transaction as a SQL read model, a per-projection advisory lock that fences the transactions
+//! of a runner which lost it, and live notification.
 
 use std::time::Duration;
 
 use es_core::projection::{DeadLetter, ProjectionStore};
-use es_core::{Position, RecordedEvent, StoreError};
+use es_core::{LogScope, Position, StoreError};
 use sqlx::postgres::{PgConnection, PgListener, Postgres};
 use sqlx::{Connection, Row};
 use tokio::sync::watch;
 
-use crate::read::{decode_event, position, position_params};
+use crate::error::store_error;
+use crate::read::{corrupt, names_no_tenant, position, position_params};
 use crate::sql::ADVISORY_KEY;
 use crate::store::{Leases, PgStore};
 
@@ -25,25 +27,29 @@ const LOCK_GRACE: [Duration; 2] = [Duration::from_millis(10), Duration::from_mil
 /// A projection held by one runner: a session-level advisory lock on a connection of its own
 /// (detached from the pool, so it takes no pool slot).
 ///
-/// Dropping it closes the connection, and the server then releases the lock. Call
-/// [`PgLock::release`] to release it at once and know that it was.
+/// Dropping it closes the connection, and the server then releases the lock;
+/// [`ProjectionStore::release`] (or [`PgLock::release`]) releases it at once and returns when it
+/// is free.
 ///
-/// While it is held, the checkpoint and dead-letter writes of its projection through the same
-/// store are *fenced*: each checks, inside its transaction, that this lock is still held. If
-/// the lock's connection was lost (a network cut, an idle-session timeout, an operator's
-/// `pg_terminate_backend`) and another runner may have taken the projection over, the write
-/// fails with [`LockLost`] and the whole batch, read-model writes included, rolls back.
+/// While it is held, [`ProjectionStore::fence`] checks, inside a transaction, that it still is:
+/// if the lock's connection was lost (a network cut, an idle-session timeout, an operator's
+/// `pg_terminate_backend`) and another runner may have taken the projection over, the fence
+/// fails with [`StoreError::LockLost`] and the transaction, read-model writes included, is not
+/// committed.
 #[derive(Debug)]
 pub struct PgLock {
     connection: Option<PgConnection>,
+    /// The name the lock's advisory key is derived from.
     key: String,
+    /// The name the batch key is derived from.
+    batch: String,
     projection: String,
     pid: i32,
     leases: Leases,
 }
 
 impl PgLock {
-    /// Releases the lock and closes its connection.
+    /// Releases the lock and closes its connection; returns once the lock is free.
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.forget();
         let Some(mut connection) = self.connection.take() else {
@@ -55,8 +61,8 @@ impl PgLock {
             .await;
         // Closing releases the lock anyway, even if the unlock failed.
         let closed = connection.close().await;
-        unlocked.map_err(|e| StoreError::backend("release a projection lock", e))?;
-        closed.map_err(|e| StoreError::backend("close a projection lock's connection", e))
+        unlocked.map_err(|e| store_error("release a projection lock", e))?;
+        closed.map_err(|e| store_error("close a projection lock's connection", e))
     }
 
     /// Removes the lease this lock registered with its store.
@@ -86,22 +92,12 @@ impl Drop for PgLock {
     }
 }
 
-/// A projection write was refused because the runner no longer holds the projection's lock.
-///
-/// It reaches callers as the source of a [`StoreError::Backend`].
-#[derive(Debug, thiserror::Error)]
-#[error("the lock of projection `{projection}` was lost: another runner may have taken it over")]
-pub struct LockLost {
-    /// The projection.
-    pub projection: String,
-}
-
 /// The name the projection's lock key is derived from.
-fn lock_name(store: &PgStore, projection: &str) -> String {
+pub(crate) fn lock_name(store: &PgStore, projection: &str) -> String {
     format!("es-postgres projection {}.{projection}", store.schema())
 }
 
-/// The name of the key a projection's writing transactions share, and a new holder of the lock
+/// The name of the key a projection's fenced transactions share, and a new holder of the lock
 /// takes exclusively for an instant to make sure no predecessor's transaction is still
 /// committing.
 fn batch_name(store: &PgStore, projection: &str) -> String {
@@ -111,87 +107,46 @@ fn batch_name(store: &PgStore, projection: &str) -> String {
     )
 }
 
-/// Checks, inside `transaction`, that the projection's lock taken through this store is still
-/// held; a no-op for projections not locked through it.
-///
-/// First the transaction takes the batch key shared, until it ends: a new holder of the lock
-/// cannot start while it runs. Then it checks that the lock is held by the backend that took it.
-/// So either the check fails (a new holder already has the lock), or the transaction commits
-/// before a new holder reads the checkpoint.
-async fn fence(
-    store: &PgStore,
-    transaction: &mut sqlx::Transaction<'static, Postgres>,
-    projection: &str,
-) -> Result<(), StoreError> {
-    let holder = {
-        let leases = store
-            .inner
-            .leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        leases.get(projection).copied()
-    };
-    let Some(pid) = holder else { return Ok(()) };
-    let operation = || projection_op("check the lock", projection);
-    sqlx::query(&format!(
-        "SELECT pg_advisory_xact_lock_shared({ADVISORY_KEY})"
-    ))
-    .bind(batch_name(store, projection))
-    .execute(&mut **transaction)
-    .await
-    .map_err(backend(operation()))?;
-    let held: bool = sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks \
-         WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND pid = $2 \
-           AND objsubid = 1 \
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND ((classid::bigint << 32) | objid::bigint) = {ADVISORY_KEY})"
-    ))
-    .bind(lock_name(store, projection))
-    .bind(pid)
-    .fetch_one(&mut **transaction)
-    .await
-    .map_err(backend(operation()))?;
-    if held {
-        Ok(())
-    } else {
-        Err(StoreError::backend(
-            operation(),
-            LockLost {
-                projection: projection.to_owned(),
-            },
-        ))
-    }
-}
-
-fn backend(operation: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let operation = operation.into();
-    move |error| StoreError::backend(operation, error)
-}
-
 fn projection_op(what: &str, projection: &str) -> String {
     format!("{what} of projection `{projection}`")
 }
 
+fn failed(operation: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let operation = operation.into();
+    move |error| store_error(operation, error)
+}
+
 impl ProjectionStore for PgStore {
-    /// A PostgreSQL transaction: a SQL read model written through it commits together with the
-    /// checkpoint (exactly-once effect).
+    /// A PostgreSQL transaction: a SQL read model written through it (`&mut **transaction`)
+    /// commits together with the checkpoint (exactly-once effect).
     type Transaction = sqlx::Transaction<'static, Postgres>;
     type Lock = PgLock;
 
-    async fn begin(&self) -> Result<Self::Transaction, StoreError> {
-        self.inner
+    /// Under tenant isolation, a transaction on one tenant's events is scoped to the tenant
+    /// before it is handed out, so a read model with the same row level security sees that
+    /// tenant's rows only.
+    async fn begin(&self, scope: LogScope<'_>) -> Result<Self::Transaction, StoreError> {
+        let mut transaction = self
+            .inner
             .pool
             .begin()
             .await
-            .map_err(backend("begin a transaction"))
+            .map_err(failed("begin a transaction"))?;
+        if let (true, LogScope::Tenant(tenant)) = (self.isolates_tenants(), scope) {
+            sqlx::query(crate::sql::SET_TENANT)
+                .bind(tenant)
+                .execute(&mut *transaction)
+                .await
+                .map_err(failed(format!("scope a transaction to {scope}")))?;
+        }
+        Ok(transaction)
     }
 
     async fn commit(&self, transaction: Self::Transaction) -> Result<(), StoreError> {
         transaction
             .commit()
             .await
-            .map_err(backend("commit a transaction"))
+            .map_err(failed("commit a transaction"))
     }
 
     async fn load_checkpoint(&self, projection: &str) -> Result<Option<Position>, StoreError> {
@@ -200,12 +155,12 @@ impl ProjectionStore for PgStore {
             .bind(projection)
             .fetch_optional(&self.inner.pool)
             .await
-            .map_err(backend(operation()))?
+            .map_err(failed(operation()))?
         else {
             return Ok(None);
         };
-        let transaction: String = row.try_get(0).map_err(backend(operation()))?;
-        let sequence: i64 = row.try_get(1).map_err(backend(operation()))?;
+        let transaction: String = row.try_get(0).map_err(failed(operation()))?;
+        let sequence: i64 = row.try_get(1).map_err(failed(operation()))?;
         checkpoint_position(&transaction, sequence, projection).map(Some)
     }
 
@@ -215,7 +170,6 @@ impl ProjectionStore for PgStore {
         projection: &str,
         position: Position,
     ) -> Result<(), StoreError> {
-        fence(self, transaction, projection).await?;
         let (xid, sequence) = position_params(position);
         sqlx::query(&self.inner.sql.save_checkpoint)
             .bind(projection)
@@ -223,7 +177,7 @@ impl ProjectionStore for PgStore {
             .bind(sequence)
             .execute(&mut **transaction)
             .await
-            .map_err(backend(projection_op("save the checkpoint", projection)))?;
+            .map_err(failed(projection_op("save the checkpoint", projection)))?;
         Ok(())
     }
 
@@ -232,13 +186,14 @@ impl ProjectionStore for PgStore {
         transaction: &mut Self::Transaction,
         dead_letter: &DeadLetter,
     ) -> Result<(), StoreError> {
-        fence(self, transaction, &dead_letter.projection).await?;
         let (xid, sequence) = position_params(dead_letter.position);
         sqlx::query(&self.inner.sql.park)
             .bind(&dead_letter.projection)
             .bind(xid)
             .bind(sequence)
             .bind(dead_letter.event_id)
+            .bind(&dead_letter.tenant)
+            .bind(&dead_letter.stream_type)
             .bind(&dead_letter.stream_id)
             .bind(i64::try_from(dead_letter.stream_version).unwrap_or(i64::MAX))
             .bind(&dead_letter.event_type)
@@ -247,7 +202,7 @@ impl ProjectionStore for PgStore {
             .bind(dead_letter.parked_at)
             .execute(&mut **transaction)
             .await
-            .map_err(backend(projection_op(
+            .map_err(failed(projection_op(
                 "park an event",
                 &dead_letter.projection,
             )))?;
@@ -260,7 +215,6 @@ impl ProjectionStore for PgStore {
         projection: &str,
         position: Position,
     ) -> Result<(), StoreError> {
-        fence(self, transaction, projection).await?;
         let (xid, sequence) = position_params(position);
         sqlx::query(&self.inner.sql.unpark)
             .bind(projection)
@@ -268,7 +222,7 @@ impl ProjectionStore for PgStore {
             .bind(sequence)
             .execute(&mut **transaction)
             .await
-            .map_err(backend(projection_op("unpark an event", projection)))?;
+            .map_err(failed(projection_op("unpark an event", projection)))?;
         Ok(())
     }
 
@@ -277,12 +231,11 @@ impl ProjectionStore for PgStore {
         transaction: &mut Self::Transaction,
         projection: &str,
     ) -> Result<(), StoreError> {
-        fence(self, transaction, projection).await?;
         sqlx::query(&self.inner.sql.reset_projection)
             .bind(projection)
             .execute(&mut **transaction)
             .await
-            .map_err(backend(projection_op("reset the checkpoint", projection)))?;
+            .map_err(failed(projection_op("reset the checkpoint", projection)))?;
         Ok(())
     }
 
@@ -292,65 +245,45 @@ impl ProjectionStore for PgStore {
             .bind(projection)
             .fetch_all(&self.inner.pool)
             .await
-            .map_err(backend(operation()))?;
+            .map_err(failed(operation()))?;
         let mut letters = Vec::with_capacity(rows.len());
         for row in rows {
-            let transaction: String = row.try_get(0).map_err(backend(operation()))?;
-            let sequence: i64 = row.try_get(1).map_err(backend(operation()))?;
-            let stream_id: String = row.try_get(3).map_err(backend(operation()))?;
-            let stored_version: i64 = row.try_get(4).map_err(backend(operation()))?;
-            let attempts: i64 = row.try_get(7).map_err(backend(operation()))?;
+            let column = |e| store_error(operation(), e);
+            let transaction: String = row.try_get(0).map_err(column)?;
+            let sequence: i64 = row.try_get(1).map_err(column)?;
+            let tenant: String = row.try_get(3).map_err(column)?;
+            let stream_type: String = row.try_get(4).map_err(column)?;
+            let stream_id: String = row.try_get(5).map_err(column)?;
+            let stored_version: i64 = row.try_get(6).map_err(column)?;
+            let attempts: i64 = row.try_get(9).map_err(column)?;
+            let stream = es_core::StreamKey {
+                tenant: &tenant,
+                stream_type: &stream_type,
+                id: &stream_id,
+            };
+            let position = position(&transaction, sequence, stream, stored_version)?;
+            let Ok(stream_version) = u64::try_from(stored_version) else {
+                return Err(corrupt(
+                    stream,
+                    stored_version,
+                    format!("a parked event of projection `{projection}` has a negative version"),
+                ));
+            };
             letters.push(DeadLetter {
                 projection: projection.to_owned(),
-                position: position(&transaction, sequence, &stream_id, stored_version)?,
-                event_id: row.try_get(2).map_err(backend(operation()))?,
-                stream_version: u64::try_from(stored_version).map_err(|_| {
-                    StoreError::CorruptRow {
-                        stream_id: stream_id.clone(),
-                        stream_version: stored_version,
-                        reason: format!(
-                            "a parked event of projection `{projection}` has a negative version"
-                        ),
-                    }
-                })?,
-                stream_id,
-                event_type: row.try_get(5).map_err(backend(operation()))?,
-                error: row.try_get(6).map_err(backend(operation()))?,
+                position,
+                event_id: row.try_get(2).map_err(column)?,
+                stream_version,
+                event_type: row.try_get(7).map_err(column)?,
+                error: row.try_get(8).map_err(column)?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                parked_at: row.try_get(8).map_err(backend(operation()))?,
+                parked_at: row.try_get(10).map_err(column)?,
+                tenant,
+                stream_type,
+                stream_id,
             });
         }
         Ok(letters)
-    }
-
-    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
-        let (xid, sequence) = position_params(position);
-        let row = sqlx::query(&self.inner.sql.read_event)
-            .bind(xid)
-            .bind(sequence)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(backend(format!("read the event at position {position}")))?;
-        match row {
-            Some(row) => {
-                let stream_id: String = row
-                    .try_get(1)
-                    .map_err(backend(format!("read the event at position {position}")))?;
-                decode_event(&row, &stream_id).map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn count_after(&self, after: Position) -> Result<u64, StoreError> {
-        let (xid, sequence) = position_params(after);
-        let count: i64 = sqlx::query_scalar(&self.inner.sql.count_after)
-            .bind(xid)
-            .bind(sequence)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(backend("count the events of the global log"))?;
-        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn try_lock(&self, projection: &str) -> Result<Option<PgLock>, StoreError> {
@@ -374,7 +307,7 @@ impl ProjectionStore for PgStore {
             if let Some(lock) = self
                 .lock_once(projection, &key, &batch)
                 .await
-                .map_err(backend(operation()))?
+                .map_err(failed(operation()))?
             {
                 return Ok(Some(lock));
             }
@@ -385,19 +318,73 @@ impl ProjectionStore for PgStore {
         }
     }
 
-    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<(), StoreError> {
+    /// One statement: the transaction takes the projection's batch key shared, until it ends,
+    /// then checks that the lock is held by the backend that took it. A new holder of the lock
+    /// takes the batch key exclusively for an instant before it starts. So either the check
+    /// fails (a new holder already has the lock), or the transaction commits before a new
+    /// holder reads the checkpoint.
+    async fn fence(
+        &self,
+        transaction: &mut Self::Transaction,
+        lock: &PgLock,
+    ) -> Result<(), StoreError> {
+        let held: bool = sqlx::query_scalar(&self.inner.sql.fence)
+            .bind(&lock.batch)
+            .bind(&lock.key)
+            .bind(lock.pid)
+            .fetch_one(&mut **transaction)
+            .await
+            .map_err(failed(projection_op("check the lock", &lock.projection)))?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LockLost {
+                projection: lock.projection.clone(),
+            })
+        }
+    }
+
+    async fn release(&self, lock: PgLock) -> Result<(), StoreError> {
+        lock.release().await
+    }
+
+    async fn count_after(&self, scope: LogScope<'_>, after: Position) -> Result<u64, StoreError> {
+        if names_no_tenant(scope) {
+            return Ok(0);
+        }
+        let error = |e| store_error(format!("count the events of the log of {scope}"), e);
+        let (xid, sequence) = position_params(after);
+        let mut session = self.scope_session(scope).await.map_err(error)?;
+        let one_tenant = scope.tenant().is_some();
+        let mut query = sqlx::query_scalar(self.inner.sql.count_after(one_tenant))
+            // Planned for the tenant it counts (see `Sql::read_all`).
+            .persistent(!one_tenant)
+            .bind(xid)
+            .bind(sequence);
+        if let LogScope::Tenant(tenant) = scope {
+            query = query.bind(tenant);
+        }
+        let count: i64 = query.fetch_one(session.connection()).await.map_err(error)?;
+        session.finish().await.map_err(error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Woken by the store's notifications (one channel per schema: an append of any tenant
+    /// wakes waiters of every scope, who then look).
+    async fn wait_for_events(
+        &self,
+        scope: LogScope<'_>,
+        after: Position,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
         // Subscribe before looking, so an append committed between the look and the wait
         // still wakes us.
         let mut feed = self.feed().await?;
-        let (xid, sequence) = position_params(after);
-        let row = sqlx::query(&self.inner.sql.events_after)
-            .bind(xid)
-            .bind(sequence)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(backend("look for new events"))?;
-        let deliverable: bool = row.try_get(0).map_err(backend("look for new events"))?;
-        let committed: bool = row.try_get(1).map_err(backend("look for new events"))?;
+        let (deliverable, committed) = if names_no_tenant(scope) {
+            (false, false)
+        } else {
+            self.events_after(scope, after).await?
+        };
         if deliverable {
             return Ok(());
         }
@@ -432,6 +419,33 @@ fn checkpoint_position(
 }
 
 impl PgStore {
+    /// Whether events of `scope` after `after` are deliverable now, and whether any are
+    /// committed at all (some may be held back by an older running transaction).
+    async fn events_after(
+        &self,
+        scope: LogScope<'_>,
+        after: Position,
+    ) -> Result<(bool, bool), StoreError> {
+        let error = |e| store_error(format!("look for new events of {scope}"), e);
+        let (xid, sequence) = position_params(after);
+        let mut session = self.scope_session(scope).await.map_err(error)?;
+        let one_tenant = scope.tenant().is_some();
+        let mut query = sqlx::query(self.inner.sql.events_after(one_tenant))
+            // Planned for the tenant it looks at (see `Sql::read_all`).
+            .persistent(!one_tenant)
+            .bind(xid)
+            .bind(sequence);
+        if let LogScope::Tenant(tenant) = scope {
+            query = query.bind(tenant);
+        }
+        let row = query.fetch_one(session.connection()).await.map_err(error)?;
+        session.finish().await.map_err(error)?;
+        Ok((
+            row.try_get(0).map_err(error)?,
+            row.try_get(1).map_err(error)?,
+        ))
+    }
+
     /// One attempt at the projection's lock: the lock itself, then an instant of the batch key
     /// to make sure no predecessor's transaction is still committing.
     async fn lock_once(
@@ -481,6 +495,7 @@ impl PgStore {
         Ok(Some(PgLock {
             connection: Some(connection),
             key: key.to_owned(),
+            batch: batch.to_owned(),
             projection: projection.to_owned(),
             pid,
             leases: self.inner.leases.clone(),
@@ -501,11 +516,11 @@ impl PgStore {
         }
         let mut listener = PgListener::connect_with(&self.inner.pool)
             .await
-            .map_err(backend("connect the notification listener"))?;
+            .map_err(failed("connect the notification listener"))?;
         listener
             .listen(&self.inner.channel)
             .await
-            .map_err(backend(format!(
+            .map_err(failed(format!(
                 "listen on channel `{}`",
                 self.inner.channel
             )))?;

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
-use crate::PgStore;
+use crate::{PgOptions, PgStore};
 
 /// The server tests use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -33,7 +33,7 @@ pub const SCHEMA_PREFIX: &str = "es_test_";
 pub const MAX_CONNECTIONS: u32 = 6;
 
 /// How long a test store's `read_all` waits for transactions holding back committed events
-/// (see [`PgStore::with_horizon_wait`]): long, so that a test is not disturbed by another test
+/// (see [`PgOptions::horizon_wait`]): long, so that a test is not disturbed by another test
 /// (of this process or another one on the same server) holding a write transaction open for a
 /// while. A test that wants to see the log held back sets its own, shorter wait.
 pub const TEST_HORIZON_WAIT: Duration = Duration::from_secs(10);
@@ -121,22 +121,80 @@ pub async fn store() -> PgStore {
     store_on(pool().await).await
 }
 
-/// A migrated store in a fresh schema on `pool`, with a [`TEST_HORIZON_WAIT`].
+/// The options of a test store: a [fresh schema](fresh_schema_name) and a
+/// [`TEST_HORIZON_WAIT`].
+pub fn options() -> PgOptions {
+    PgOptions::new()
+        .schema(&fresh_schema_name())
+        .unwrap_or_else(|error| panic!("the generated schema name is invalid: {error}"))
+        .horizon_wait(TEST_HORIZON_WAIT)
+}
+
+/// A migrated store on `pool` with [`options`]: a fresh schema.
 ///
 /// # Panics
 ///
 /// When the migrations fail.
 pub async fn store_on(pool: PgPool) -> PgStore {
-    let schema = fresh_schema_name();
-    let store = PgStore::new(pool)
-        .with_schema(&schema)
-        .unwrap_or_else(|error| panic!("the generated schema name is invalid: {error}"))
-        .with_horizon_wait(TEST_HORIZON_WAIT);
+    store_with(pool, options()).await
+}
+
+/// A migrated store on `pool` with `options` (give them a [fresh schema](fresh_schema_name)).
+///
+/// # Panics
+///
+/// When the migrations fail.
+pub async fn store_with(pool: PgPool, options: PgOptions) -> PgStore {
+    let store = PgStore::with_options(pool, options);
+    store.migrate().await.unwrap_or_else(|error| {
+        panic!("migrating test schema `{}` failed: {error}", store.schema())
+    });
     store
-        .migrate()
+}
+
+/// The backend process holding the lock of `projection` in the store's schema, if any.
+///
+/// # Panics
+///
+/// When the server does not answer.
+pub async fn lock_holder(store: &PgStore, projection: &str) -> Option<i32> {
+    sqlx::query_scalar(&format!(
+        "SELECT pid FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND ((classid::bigint << 32) | objid::bigint) = {}",
+        crate::sql::ADVISORY_KEY
+    ))
+    .bind(crate::projection::lock_name(store, projection))
+    .fetch_optional(store.pool())
+    .await
+    .unwrap_or_else(|error| panic!("looking for the lock of `{projection}` failed: {error}"))
+}
+
+/// Takes the lock of `projection` away from the runner holding it, as a network cut or an
+/// operator would: terminates the backend that holds it, and returns once the lock is gone.
+/// The runner's next fenced commit then fails with `StoreError::LockLost`.
+///
+/// # Panics
+///
+/// When nobody holds the lock, or it is still held 10 s after the termination.
+pub async fn break_lock(store: &PgStore, projection: &str) {
+    let holder = lock_holder(store, projection)
         .await
-        .unwrap_or_else(|error| panic!("migrating test schema `{schema}` failed: {error}"));
-    store
+        .unwrap_or_else(|| panic!("nobody holds the lock of `{projection}`"));
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(holder)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|error| panic!("terminating backend {holder} failed: {error}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lock_holder(store, projection).await == Some(holder) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock of `{projection}` outlived its backend {holder}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Drops the store's schema with everything in it.

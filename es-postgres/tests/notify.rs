@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use es_core::conformance::events;
-use es_core::{EventStore, ExpectedVersion};
+use es_core::{EventStore, ExpectedVersion, StreamKey};
 use es_postgres::testing;
 use sqlx::postgres::PgListener;
 
@@ -25,7 +25,11 @@ async fn a_listener_is_woken_after_an_append() {
     listener.listen(store.channel()).await.unwrap();
 
     store
-        .append("raw", "s", ExpectedVersion::NoStream, events(1, 1))
+        .append(
+            StreamKey::new("raw", "s"),
+            ExpectedVersion::NoStream,
+            events(1, 1),
+        )
         .await
         .unwrap();
     let notification = tokio::time::timeout(PATIENCE, listener.recv())
@@ -38,7 +42,11 @@ async fn a_listener_is_woken_after_an_append() {
     // A re-sent batch (already appended) writes nothing and is not announced.
     let batch = events(2, 1);
     store
-        .append("raw", "s", ExpectedVersion::Exact(1), batch.clone())
+        .append(
+            StreamKey::new("raw", "s"),
+            ExpectedVersion::Exact(1),
+            batch.clone(),
+        )
         .await
         .unwrap();
     tokio::time::timeout(PATIENCE, listener.recv())
@@ -46,7 +54,7 @@ async fn a_listener_is_woken_after_an_append() {
         .expect("a notification after the second append")
         .unwrap();
     store
-        .append("raw", "s", ExpectedVersion::Exact(1), batch)
+        .append(StreamKey::new("raw", "s"), ExpectedVersion::Exact(1), batch)
         .await
         .unwrap();
     let extra = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
@@ -97,8 +105,7 @@ async fn the_last_commit_is_always_followed_by_a_notification() {
                 tokio::spawn(async move {
                     store
                         .append(
-                            "raw",
-                            &format!("s-{task}"),
+                            StreamKey::new("raw", &format!("s-{task}")),
                             ExpectedVersion::Exact(burst - 1),
                             events(burst * TASKS + task, 1),
                         )

@@ -1,5 +1,7 @@
-//! `PgStore` as a `ProjectionStore`: checkpoints committed with a SQL read model, dead letters,
-//! the per-projection lock, live notification, and a runner feeding a read-model table.
+//! `PgStore` as a `ProjectionStore`, below the runner (whose behaviour the projection
+//! conformance suite checks, in `conformance.rs`): checkpoints committed with a SQL read model,
+//! dead letters, counts by scope, the per-projection lock and what a new holder waits for, and
+//! live notification.
 
 mod common;
 
@@ -8,13 +10,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{eventually, raw_insert};
 use es_core::conformance::events;
-use es_core::projection::{
-    DeadLetter, HandlerError, Projection, ProjectionRunner, ProjectionStore,
-};
-use es_core::{CommandContext, EventStore, ExpectedVersion, Position, RecordedEvent, Repository};
-use es_examples::bank::{Account, AccountEvent, Deposit, Open};
+use es_core::projection::{DeadLetter, ProjectionStore};
+use es_core::{EventStore, ExpectedVersion, LogScope, Position, StreamKey};
 use es_postgres::{PgStore, testing};
 use uuid::Uuid;
+
+fn key(id: &str) -> StreamKey<'_> {
+    StreamKey::new("raw", id)
+}
 
 async fn create_balances(store: &PgStore) -> String {
     let table = format!("\"{}\".balances", store.schema());
@@ -47,7 +50,7 @@ async fn checkpoint_commits_with_the_read_model() {
     };
     assert_eq!(store.load_checkpoint("balances").await.unwrap(), None);
 
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     sqlx::query(&format!("INSERT INTO {table} VALUES ('a', 1)"))
         .execute(&mut *transaction)
         .await
@@ -67,7 +70,7 @@ async fn checkpoint_commits_with_the_read_model() {
         "rolled back with it"
     );
 
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     sqlx::query(&format!("INSERT INTO {table} VALUES ('a', 1)"))
         .execute(&mut *transaction)
         .await
@@ -87,7 +90,7 @@ async fn checkpoint_commits_with_the_read_model() {
         transaction: u64::from(u32::MAX) + 5,
         sequence: 8,
     };
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     store
         .save_checkpoint(&mut transaction, "balances", later)
         .await
@@ -108,6 +111,8 @@ fn letter(projection: &str, transaction: u64, sequence: u64, attempts: u32) -> D
             sequence,
         },
         event_id: Uuid::new_v4(),
+        tenant: "acme".to_owned(),
+        stream_type: "order".to_owned(),
         stream_id: "s".to_owned(),
         stream_version: sequence,
         event_type: "Tested".to_owned(),
@@ -124,7 +129,7 @@ async fn dead_letters_park_list_unpark_reset() {
     let late = letter("p", 9, 1, 3);
     let early = letter("p", 5, 2, 3);
     let other = letter("q", 5, 2, 1);
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     for letter in [&late, &early, &other] {
         store.park(&mut transaction, letter).await.unwrap();
     }
@@ -140,10 +145,18 @@ async fn dead_letters_park_list_unpark_reset() {
     assert_eq!(
         (
             &round_trip.event_id,
+            &round_trip.tenant,
+            &round_trip.stream_type,
             &round_trip.stream_id,
             round_trip.stream_version
         ),
-        (&late.event_id, &late.stream_id, late.stream_version)
+        (
+            &late.event_id,
+            &late.tenant,
+            &late.stream_type,
+            &late.stream_id,
+            late.stream_version
+        )
     );
     assert_eq!(
         (round_trip.error.as_str(), round_trip.attempts),
@@ -159,7 +172,7 @@ async fn dead_letters_park_list_unpark_reset() {
     let mut retried = early.clone();
     retried.attempts = 4;
     retried.error = "still failing".to_owned();
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     store.park(&mut transaction, &retried).await.unwrap();
     store
         .unpark(&mut transaction, "p", late.position)
@@ -173,7 +186,7 @@ async fn dead_letters_park_list_unpark_reset() {
         (4, "still failing")
     );
 
-    let mut transaction = store.begin().await.unwrap();
+    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
     store.reset_projection(&mut transaction, "p").await.unwrap();
     store.commit(transaction).await.unwrap();
     assert!(store.dead_letters("p").await.unwrap().is_empty());
@@ -185,33 +198,43 @@ async fn dead_letters_park_list_unpark_reset() {
     );
 }
 
-/// Events are found by position; counts follow the log.
+/// Counts follow the log of every tenant, or of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_event_and_count_after() {
+async fn count_after_counts_the_log_of_the_scope() {
     let store = testing::store().await;
     store
-        .append("raw", "a", ExpectedVersion::Any, events(1, 3))
+        .append(key("a"), ExpectedVersion::Any, events(1, 3))
         .await
         .unwrap();
     store
-        .append("raw", "b", ExpectedVersion::Any, events(4, 2))
+        .append(
+            key("b").in_tenant("acme"),
+            ExpectedVersion::Any,
+            events(4, 2),
+        )
         .await
         .unwrap();
-    let log = store.read_all(Position::START, 100).await.unwrap();
-    assert_eq!(store.count_after(Position::START).await.unwrap(), 5);
-    assert_eq!(store.count_after(log[1].position).await.unwrap(), 3);
-    assert_eq!(store.count_after(log[4].position).await.unwrap(), 0);
-    for event in &log {
+    let log = store
+        .read_all(LogScope::AllTenants, Position::START, 100)
+        .await
+        .unwrap();
+    let acme = LogScope::Tenant("acme");
+    for (scope, after, expected) in [
+        (LogScope::AllTenants, Position::START, 5),
+        (LogScope::AllTenants, log[1].position, 3),
+        (LogScope::AllTenants, log[4].position, 0),
+        (acme, Position::START, 2),
+        (acme, log[3].position, 1),
+        (LogScope::Tenant("default"), log[1].position, 1),
+        (LogScope::Tenant("nobody"), Position::START, 0),
+        (LogScope::Tenant("a\0b"), Position::START, 0),
+    ] {
         assert_eq!(
-            store.read_event(event.position).await.unwrap().as_ref(),
-            Some(event)
+            store.count_after(scope, after).await.unwrap(),
+            expected,
+            "{scope} after {after}"
         );
     }
-    let missing = Position {
-        transaction: log[0].position.transaction,
-        sequence: 999_999,
-    };
-    assert_eq!(store.read_event(missing).await.unwrap(), None);
 }
 
 /// One holder per projection (per schema); released on `release` or drop; lock connections do
@@ -248,109 +271,33 @@ async fn projection_lock() {
         );
     }
     store
-        .append("raw", "s", ExpectedVersion::Any, events(1, 1))
+        .append(key("s"), ExpectedVersion::Any, events(1, 1))
         .await
         .unwrap();
 }
 
-/// The backend holding the advisory lock of `projection` (the key es-postgres derives from the
-/// schema and projection name).
-async fn lock_holder(store: &PgStore, projection: &str) -> Option<i32> {
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND objsubid = 1
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND ((classid::bigint << 32) | objid::bigint) = ('x' || left(md5($1), 16))::bit(64)::bigint",
-    )
-    .bind(format!("es-postgres projection {}.{projection}", store.schema()))
-    .fetch_optional(store.pool())
-    .await
-    .unwrap()
-}
-
-async fn terminate(store: &PgStore, pid: i32) {
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert!(terminated);
-    eventually("the lock to go with its backend", || async {
-        lock_holder(store, "balances").await.is_none().then_some(())
-    })
-    .await;
-}
-
-/// A runner whose lock was lost (its connection killed) while another process took the
-/// projection over cannot commit its batch: the checkpoint write fails with `LockLost` and the
-/// read-model writes roll back with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_lock_fences_the_batch() {
-    let store = testing::store().await;
-    let table = create_balances(&store).await;
-    // Another process: another store (and pool) on the same schema.
-    let successor_store = PgStore::new(testing::pool().await)
-        .with_schema(store.schema())
-        .unwrap();
-    let lock = store.try_lock("balances").await.unwrap().expect("free");
-    let mut batch = store.begin().await.unwrap();
-    sqlx::query(&format!("INSERT INTO {table} VALUES ('a', 1)"))
-        .execute(&mut *batch)
-        .await
-        .unwrap();
-    terminate(&store, lock_holder(&store, "balances").await.unwrap()).await;
-    let successor = successor_store.try_lock("balances").await.unwrap();
-    assert!(
-        successor.is_some(),
-        "the projection is free once the lock is gone"
-    );
-    let fenced = store
-        .save_checkpoint(
-            &mut batch,
-            "balances",
-            Position {
-                transaction: 1,
-                sequence: 1,
-            },
-        )
-        .await;
-    match fenced {
-        Err(es_core::StoreError::Backend { source, .. }) => {
-            let lost = source
-                .downcast_ref::<es_postgres::LockLost>()
-                .expect("the source is LockLost");
-            assert_eq!(lost.projection, "balances");
-        }
-        other => panic!("expected the batch to be fenced, got {other:?}"),
-    }
-    drop(batch);
-    assert!(
-        balances(&store, &table).await.is_empty(),
-        "the read-model write rolled back"
-    );
-    assert_eq!(store.load_checkpoint("balances").await.unwrap(), None);
-    drop(lock);
-}
-
-/// A batch that passed its lock check commits even if the lock is lost right after; a new
-/// runner cannot take the projection until that commit is done, so it reads the new checkpoint.
+/// A batch that passed its fence commits even if the lock is lost right after; a new runner
+/// cannot take the projection until that commit is done, so it reads the new checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_holder_waits_for_the_last_batch_of_the_old_one() {
     let store = testing::store().await;
-    let successor_store = PgStore::new(testing::pool().await)
-        .with_schema(store.schema())
-        .unwrap();
+    // Another process: another store (and pool) on the same schema.
+    let successor_store = PgStore::with_options(testing::pool().await, store.options().clone());
     let position = Position {
         transaction: 1,
         sequence: 1,
     };
     let lock = store.try_lock("balances").await.unwrap().expect("free");
-    let mut batch = store.begin().await.unwrap();
+    let mut batch = store.begin(LogScope::AllTenants).await.unwrap();
+    store
+        .fence(&mut batch, &lock)
+        .await
+        .expect("the lock is held");
     store
         .save_checkpoint(&mut batch, "balances", position)
         .await
         .unwrap();
-    terminate(&store, lock_holder(&store, "balances").await.unwrap()).await;
+    testing::break_lock(&store, "balances").await;
     assert!(
         successor_store
             .try_lock("balances")
@@ -366,6 +313,12 @@ async fn a_new_holder_waits_for_the_last_batch_of_the_old_one() {
         successor_store.load_checkpoint("balances").await.unwrap(),
         Some(position)
     );
+    // The old holder's next batch is fenced off.
+    let mut late = store.begin(LogScope::AllTenants).await.unwrap();
+    match store.fence(&mut late, &lock).await {
+        Err(es_core::StoreError::LockLost { projection }) => assert_eq!(projection, "balances"),
+        other => panic!("expected the late batch to be fenced, got {other:?}"),
+    }
     drop(lock);
 }
 
@@ -378,7 +331,11 @@ async fn wait_for_events_wakes_on_append() {
 
     let started = Instant::now();
     store
-        .wait_for_events(Position::START, Duration::from_millis(300))
+        .wait_for_events(
+            LogScope::AllTenants,
+            Position::START,
+            Duration::from_millis(300),
+        )
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -392,20 +349,26 @@ async fn wait_for_events_wakes_on_append() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             store
-                .append("raw", "s", ExpectedVersion::Any, events(1, 1))
+                .append(key("s"), ExpectedVersion::Any, events(1, 1))
                 .await
                 .unwrap()
         })
     };
     let started = Instant::now();
-    store.wait_for_events(Position::START, long).await.unwrap();
+    store
+        .wait_for_events(LogScope::AllTenants, Position::START, long)
+        .await
+        .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "woken by the append"
     );
     let appended = appender.await.unwrap().range().last_position;
     let started = Instant::now();
-    store.wait_for_events(Position::START, long).await.unwrap();
+    store
+        .wait_for_events(LogScope::AllTenants, Position::START, long)
+        .await
+        .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "events already there"
@@ -426,7 +389,7 @@ async fn wait_for_events_wakes_on_append() {
         .unwrap();
     // The first wait may end early on the reconnection itself (a spurious wake-up is allowed).
     store
-        .wait_for_events(appended, Duration::from_millis(500))
+        .wait_for_events(LogScope::AllTenants, appended, Duration::from_millis(500))
         .await
         .unwrap();
     let pool = store.pool().clone();
@@ -449,13 +412,16 @@ async fn wait_for_events_wakes_on_append() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             store
-                .append("raw", "s", ExpectedVersion::Any, events(2, 1))
+                .append(key("s"), ExpectedVersion::Any, events(2, 1))
                 .await
                 .unwrap();
         })
     };
     let started = Instant::now();
-    store.wait_for_events(appended, long).await.unwrap();
+    store
+        .wait_for_events(LogScope::AllTenants, appended, long)
+        .await
+        .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "woken after the listener came back"
@@ -469,14 +435,18 @@ async fn wait_for_events_wakes_on_append() {
 async fn wait_for_events_polls_while_held_back() {
     let store = testing::store().await;
     let mut older = store.pool().begin().await.unwrap();
-    raw_insert(&mut older, &store, "older", 1, 0).await;
+    raw_insert(&mut older, &store, key("older"), 1, 0).await;
     store
-        .append("raw", "s", ExpectedVersion::Any, events(1, 1))
+        .append(key("s"), ExpectedVersion::Any, events(1, 1))
         .await
         .unwrap();
     let started = Instant::now();
     store
-        .wait_for_events(Position::START, Duration::from_secs(30))
+        .wait_for_events(
+            LogScope::AllTenants,
+            Position::START,
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert!(
@@ -486,127 +456,55 @@ async fn wait_for_events_polls_while_held_back() {
     older.commit().await.unwrap();
 }
 
-/// A read model in the store's database, fed by the runner through the batch's transaction.
-#[derive(Debug)]
-struct Balances {
-    table: String,
-}
-
-impl Projection<PgStore> for Balances {
-    type Event = AccountEvent;
-
-    fn name(&self) -> &str {
-        "balances"
-    }
-
-    async fn handle(
-        &mut self,
-        transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        event: &AccountEvent,
-        envelope: &RecordedEvent,
-    ) -> Result<(), HandlerError> {
-        let table = &self.table;
-        let (sql, amount) = match event {
-            AccountEvent::Opened(_) => (format!("INSERT INTO {table} VALUES ($1, 0)"), 0),
-            AccountEvent::Deposited(d) => (
-                format!("UPDATE {table} SET balance = balance + $2 WHERE account = $1"),
-                d.amount,
-            ),
-            AccountEvent::Withdrawn(w) => (
-                format!("UPDATE {table} SET balance = balance - $2 WHERE account = $1"),
-                w.amount,
-            ),
-            AccountEvent::Closed => return Ok(()),
-        };
-        sqlx::query(&sql)
-            .bind(&envelope.stream_id)
-            .bind(amount)
-            .execute(&mut **transaction)
-            .await?;
-        Ok(())
-    }
-
-    async fn reset(
-        &mut self,
-        transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    ) -> Result<(), HandlerError> {
-        sqlx::query(&format!("DELETE FROM {}", self.table))
-            .execute(&mut **transaction)
-            .await?;
-        Ok(())
-    }
-}
-
-/// The runner catches up, tails live (woken by notifications), and rebuilds, with the read model
-/// and checkpoint committed together.
+/// Waiting on one tenant's log returns at once for that tenant's events only; other tenants'
+/// events already there leave it waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runner_feeds_a_sql_read_model() {
+async fn waiting_on_a_tenant_looks_at_that_tenants_log() {
     let store = testing::store().await;
-    let table = create_balances(&store).await;
-    let accounts = Repository::<Account, _>::new(store.clone());
-    let context = CommandContext::new();
-    for id in ["account-1", "account-2"] {
-        accounts
-            .execute(
-                id,
-                &Open {
-                    owner: id.to_owned(),
-                },
-                &context,
-            )
-            .await
-            .unwrap();
-        accounts.execute(id, &Deposit(10), &context).await.unwrap();
-    }
-    let mut runner = ProjectionRunner::new(
-        store.clone(),
-        Balances {
-            table: table.clone(),
-        },
-    )
-    .batch_size(3)
-    .idle_timeout(Duration::from_secs(30));
-    let checkpoint = runner.catch_up().await.unwrap();
-    assert_eq!(
-        store.load_checkpoint("balances").await.unwrap(),
-        Some(checkpoint)
-    );
-    let expected = [("account-1".to_owned(), 10), ("account-2".to_owned(), 10)];
-    assert_eq!(balances(&store, &table).await, expected);
-
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let live = tokio::spawn(async move {
-        let result = runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await;
-        (runner, result)
-    });
-    accounts
-        .execute("account-1", &Deposit(5), &context)
+    // Start the listener, then let the append's notification come and go before the waits.
+    store
+        .wait_for_events(
+            LogScope::AllTenants,
+            Position::START,
+            Duration::from_millis(1),
+        )
         .await
         .unwrap();
-    // The idle timeout is 30 s: seeing the deposit sooner means a notification woke the runner.
-    let started = Instant::now();
-    eventually("the live runner to apply the deposit", || async {
-        (balances(&store, &table).await[0].1 == 15).then_some(())
-    })
-    .await;
-    assert!(started.elapsed() < Duration::from_secs(10));
-    stop.send(()).unwrap();
-    let (mut runner, result) = live.await.unwrap();
-    result.unwrap();
+    store
+        .append(
+            key("s").in_tenant("globex"),
+            ExpectedVersion::Any,
+            events(1, 1),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let rebuilt = runner.rebuild(|_| {}).await.unwrap();
-    assert_eq!(
-        store.load_checkpoint("balances").await.unwrap(),
-        Some(rebuilt)
+    let started = Instant::now();
+    store
+        .wait_for_events(
+            LogScope::Tenant("globex"),
+            Position::START,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the tenant's event is there"
     );
-    let expected = [("account-1".to_owned(), 15), ("account-2".to_owned(), 10)];
-    assert_eq!(
-        balances(&store, &table).await,
-        expected,
-        "the rebuild applied each event once"
+    let started = Instant::now();
+    store
+        .wait_for_events(
+            LogScope::Tenant("acme"),
+            Position::START,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "another tenant's event does not count: waited {waited:?}"
     );
 }

@@ -1,9 +1,25 @@
-//! The configurable schema: validation, isolation of two schemas in one database (each with its
-//! own migration history), idempotent and concurrent migrations, and setup errors.
+//! Opening stores: the schema chosen before migration, migration on connect (and the opt-out),
+//! isolation of two schemas in one database (each with its own migration history), idempotent
+//! and concurrent migrations, and setup errors.
 
 use es_core::conformance::events;
-use es_core::{EventStore, ExpectedVersion, Position, StoreError};
-use es_postgres::{DEFAULT_SCHEMA, PgError, PgStore, testing};
+use es_core::{EventStore, ExpectedVersion, LogScope, Position, StoreError, StreamKey};
+use es_postgres::{DEFAULT_SCHEMA, PgError, PgOptions, PgStore, testing};
+
+fn key(id: &str) -> StreamKey<'_> {
+    StreamKey::new("raw", id)
+}
+
+/// How many migrations the schema's history records as applied.
+async fn applied_migrations(store: &PgStore) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{}\"._sqlx_migrations WHERE success",
+        store.schema()
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schemas_in_one_database_are_separate_stores() {
@@ -11,50 +27,76 @@ async fn two_schemas_in_one_database_are_separate_stores() {
     let billing = testing::store_on(pool.clone()).await;
     let shipping = testing::store_on(pool.clone()).await;
     billing
-        .append("raw", "s", ExpectedVersion::NoStream, events(1, 2))
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 2))
         .await
         .unwrap();
     shipping
-        .append("raw", "s", ExpectedVersion::NoStream, events(1, 1))
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
         .await
         .unwrap();
-    assert_eq!(billing.stream_version("s").await.unwrap(), Some(2));
-    assert_eq!(shipping.stream_version("s").await.unwrap(), Some(1));
-    assert_eq!(
-        billing.read_all(Position::START, 10).await.unwrap().len(),
-        2
-    );
-    assert_eq!(
-        shipping.read_all(Position::START, 10).await.unwrap().len(),
-        1
-    );
+    assert_eq!(billing.stream_version(key("s")).await.unwrap(), Some(2));
+    assert_eq!(shipping.stream_version(key("s")).await.unwrap(), Some(1));
+    let log = |store: PgStore| async move {
+        store
+            .read_all(LogScope::AllTenants, Position::START, 10)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(log(billing.clone()).await, 2);
+    assert_eq!(log(shipping.clone()).await, 1);
 
     // Each schema keeps its own migration history, and migrating again changes nothing.
     billing.migrate().await.unwrap();
     for store in [&billing, &shipping] {
-        let applied: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM \"{}\"._sqlx_migrations WHERE success",
+        assert_eq!(
+            applied_migrations(store).await,
+            4,
+            "schema {}",
             store.schema()
-        ))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(applied, 3, "schema {}", store.schema());
+        );
     }
     assert_eq!(
-        billing.stream_version("s").await.unwrap(),
+        billing.stream_version(key("s")).await.unwrap(),
         Some(2),
         "data kept"
     );
     assert_ne!(billing.channel(), shipping.channel());
 }
 
+/// `connect_with` migrates the schema it is given before it returns; with migration off it
+/// leaves the database alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_migrates_the_chosen_schema_unless_told_not_to() {
+    // Fails with the helper's message (how to start a server) when none answers.
+    drop(testing::pool().await);
+    let url = testing::database_url();
+    let untouched = PgStore::connect_with(&url, testing::options().migrate(false))
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(untouched.schema())
+            .fetch_one(untouched.pool())
+            .await
+            .unwrap();
+    assert!(!exists, "migration off: no schema created");
+
+    let options = testing::options().max_connections(3);
+    let store = PgStore::connect_with(&url, options.clone()).await.unwrap();
+    assert_eq!(store.options(), &options);
+    assert_eq!(store.pool().options().get_max_connections(), 3);
+    assert_eq!(applied_migrations(&store).await, 4);
+    store
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
+        .await
+        .expect("the migrated store appends at once");
+    testing::drop_schema(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_of_a_new_schema() {
-    let pool = testing::pool().await;
-    let store = PgStore::new(pool)
-        .with_schema(&testing::fresh_schema_name())
-        .unwrap();
+    let store = PgStore::with_options(testing::pool().await, testing::options());
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let store = store.clone();
@@ -66,14 +108,14 @@ async fn concurrent_migrations_of_a_new_schema() {
             .expect("every concurrent migration succeeds");
     }
     store
-        .append("raw", "s", ExpectedVersion::NoStream, events(1, 1))
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
         .await
         .unwrap();
     testing::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_names_are_validated() {
+async fn schema_names_are_validated_before_anything_connects() {
     let store = PgStore::new(testing::pool().await);
     assert_eq!(store.schema(), DEFAULT_SCHEMA);
     assert_eq!(store.channel(), "es_events");
@@ -84,7 +126,7 @@ async fn schema_names_are_validated() {
         "pg_catalog",
         "9lives",
     ] {
-        match store.clone().with_schema(bad) {
+        match PgOptions::new().schema(bad) {
             Err(PgError::InvalidSchema { schema, reason }) => {
                 assert_eq!(schema, bad);
                 assert!(!reason.is_empty());
@@ -92,30 +134,39 @@ async fn schema_names_are_validated() {
             other => panic!("{bad:?} accepted: {other:?}"),
         }
     }
-    let store = store.with_schema("billing").unwrap();
+    let store = PgStore::with_options(
+        store.pool().clone(),
+        PgOptions::new().schema("billing").unwrap(),
+    );
     assert_eq!(
         (store.schema(), store.channel()),
         ("billing", "billing_events")
     );
 }
 
+/// A store on a pool of the caller's does not migrate by itself: until `migrate`, its
+/// operations fail with a backend error naming the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unmigrated_schema_is_a_backend_error() {
-    let store = PgStore::new(testing::pool().await)
-        .with_schema(&testing::fresh_schema_name())
-        .unwrap();
+async fn a_store_on_a_pool_of_yours_waits_for_migrate() {
+    let store = PgStore::with_options(testing::pool().await, testing::options());
     let result = store
-        .append("raw", "s", ExpectedVersion::NoStream, events(1, 1))
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
         .await;
     match result {
         Err(error @ StoreError::Backend { .. }) => {
             assert!(
-                error.to_string().contains("append to stream `s`"),
+                error.to_string().contains("append to stream `raw/s`"),
                 "{error}"
             );
         }
         other => panic!("expected a backend error, got {other:?}"),
     }
+    store.migrate().await.unwrap();
+    store
+        .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
+        .await
+        .unwrap();
+    testing::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

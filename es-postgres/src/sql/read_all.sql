@@ -1,6 +1,9 @@
 -- A page of the global log after ($1, $2), in (transaction_id, position) order, holding only
 -- events of transactions older than the oldest transaction still running: every transaction
 -- below that horizon has ended, so no event can later appear before what is returned.
+-- The tenant filter is empty for the log of every tenant (index `events_log_idx`), or an
+-- equality on the tenant in $4 for one tenant's log (index `events_tenant_log_idx`): the same
+-- walk in log order, from the given position.
 --
 -- held_back tells the caller that committed events after ($1, $2) exist beyond the horizon
 -- (a transaction older than them is still running), so a short page is not the end of the log.
@@ -13,10 +16,11 @@ page AS (
     FROM {schema}.events e
     WHERE e.transaction_id < (SELECT xmin FROM horizon)
       AND (e.transaction_id, e.position) > ($1::text::xid8, $2::bigint)
+      {tenant}
     ORDER BY e.transaction_id, e.position
     LIMIT $3
 )
-SELECT page.stream_type, page.stream_id, page.stream_version, page.position,
+SELECT page.tenant, page.stream_type, page.stream_id, page.stream_version, page.position,
        page.transaction_id::text, page.event_id, page.event_type, page.schema_version,
        page.payload::text, page.metadata::text, page.recorded_at,
        (
@@ -26,6 +30,7 @@ SELECT page.stream_type, page.stream_id, page.stream_version, page.position,
            FROM {schema}.events e
            WHERE e.transaction_id >= (SELECT xmin FROM horizon)
              AND (e.transaction_id, e.position) > ($1::text::xid8, $2::bigint)
+             {tenant}
            ORDER BY e.transaction_id, e.position
            LIMIT 1
        ) IS NOT NULL AS held_back
