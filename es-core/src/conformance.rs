@@ -13,6 +13,7 @@
 
 pub mod projection;
 pub mod repository;
+pub mod sql;
 
 use std::collections::{BTreeSet, HashSet};
 

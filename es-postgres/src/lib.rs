@@ -77,6 +77,7 @@ mod read;
 mod replay;
 mod schema;
 mod sql;
+mod sql_store;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,5 +1,5 @@
-//! Both conformance suites of es-core on `PgStore`, each case in a fresh schema: the event store
-//! suite, and the projection suite with a read model in a table of the test's schema; then both
+//! The conformance suites of es-core on `PgStore`, each case in a fresh schema: the event store
+//! suite, the repository and SQL suites, also through `DynStore`, and the projection suite with a read model in a table of the test's schema; then both
 //! again with tenant isolation on, where every operation on a tenant's data runs in a
 //! transaction scoped to the tenant (as the superuser the tests connect as, which row level
 //! security never binds: `tests/tenant_isolation.rs` shows the policies at work).
@@ -17,6 +17,38 @@ mod store {
 
 mod projections {
     es_core::projection_conformance_tests!(super::PgHarness::new(false));
+}
+
+mod repository {
+    es_core::repository_conformance_tests!(async { es_postgres::testing::store().await });
+}
+
+mod sql {
+    es_core::sql_conformance_tests!(async { es_postgres::testing::store().await });
+}
+
+/// The store chosen at run time: the same suites through `DynStore`.
+mod erased {
+    use es_core::DynStore;
+    use es_core::conformance::projection::DynHarness;
+
+    mod store {
+        es_core::store_conformance_tests!(async {
+            super::DynStore::new_sql(es_postgres::testing::store().await)
+        });
+    }
+
+    mod projections {
+        es_core::projection_conformance_tests!(async {
+            super::DynHarness::new(crate::PgHarness::new(false).await)
+        });
+    }
+
+    mod sql {
+        es_core::sql_conformance_tests!(async {
+            super::DynStore::new_sql(es_postgres::testing::store().await)
+        });
+    }
 }
 
 mod isolated_store {

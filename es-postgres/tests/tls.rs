@@ -12,14 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use es_core::conformance::events;
-use es_core::{EventStore, ExpectedVersion, Until};
-use es_postgres::{PgError, PgStore, testing};
+use es_core::{EventStore, ExpectedVersion, StreamKey, Until};
+use es_postgres::{PgError, PgOptions, PgStore, testing};
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 use url::Url;
 
 /// A CA certificate that signed no server's certificate (its key is gone).
 const UNRELATED_CA: &str = "tests/data/unrelated-ca.pem";
+
+/// Options that touch no schema: these connections only check the channel.
+fn unmigrated() -> PgOptions {
+    PgOptions::new().migrate(false)
+}
 
 const SNAKEOIL_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 const SNAKEOIL_KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
@@ -28,25 +33,25 @@ const SNAKEOIL_KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
 async fn sslmode_require_encrypts_the_connections_of_pg_store_connect() {
     require_server_ssl().await;
     let url = database_url(None, &[("sslmode", "require")]);
-    let store = PgStore::connect(url.as_str())
-        .await
-        .unwrap_or_else(|error| panic!("sslmode=require was refused: {error}"))
-        .with_schema(&testing::fresh_schema_name())
+    let options = PgOptions::new()
+        .schema(&testing::fresh_schema_name())
         .unwrap();
+    let store = PgStore::connect_with(url.as_str(), options)
+        .await
+        .unwrap_or_else(|error| panic!("sslmode=require was refused: {error}"));
     assert!(
         encrypted(store.pool()).await,
         "pg_stat_ssl says the connection is not encrypted"
     );
 
-    store.migrate().await.unwrap();
     let batch = events(1, 2);
     let ids: Vec<_> = batch.iter().map(|event| event.event_id).collect();
     store
-        .append("raw", "s", ExpectedVersion::NoStream, batch)
+        .append(StreamKey::new("raw", "s"), ExpectedVersion::NoStream, batch)
         .await
         .unwrap();
     let read: Vec<_> = store
-        .read_stream("s", 1, Until::End)
+        .read_stream(StreamKey::new("raw", "s"), 1, Until::End)
         .try_collect()
         .await
         .unwrap();
@@ -58,9 +63,12 @@ async fn sslmode_require_encrypts_the_connections_of_pg_store_connect() {
     testing::drop_schema(&store).await;
 
     // The check can tell: the same server without TLS reports an unencrypted connection.
-    let plain = PgStore::connect(database_url(None, &[("sslmode", "disable")]).as_str())
-        .await
-        .unwrap();
+    let plain = PgStore::connect_with(
+        database_url(None, &[("sslmode", "disable")]).as_str(),
+        unmigrated(),
+    )
+    .await
+    .unwrap();
     assert!(!encrypted(plain.pool()).await);
 }
 
@@ -73,7 +81,7 @@ async fn verify_ca_and_verify_full_refuse_a_root_that_did_not_sign_the_servers_c
             None,
             &[("sslmode", mode), ("sslrootcert", path_str(&unrelated_ca))],
         );
-        match PgStore::connect(url.as_str()).await {
+        match PgStore::connect_with(url.as_str(), unmigrated()).await {
             Ok(_) => panic!("sslmode={mode} connected with a root that did not sign the server"),
             Err(PgError::Connect { source }) => assert!(
                 source.to_string().contains("UnknownIssuer"),
@@ -118,7 +126,10 @@ async fn verification_with_the_servers_own_certificate_accepts_exactly_the_names
                 Some(host),
                 &[("sslmode", mode), ("sslrootcert", path_str(&root))],
             );
-            match (named, PgStore::connect(url.as_str()).await) {
+            match (
+                named,
+                PgStore::connect_with(url.as_str(), unmigrated()).await,
+            ) {
                 (true, Ok(store)) => {
                     assert!(encrypted(store.pool()).await);
                     accepted += 1;
