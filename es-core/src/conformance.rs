@@ -951,7 +951,8 @@ pub async fn input_contract<S: EventStore>(store: S) {
             "loading the snapshot of {stream}"
         );
     }
-    let events_breaking: Vec<(NewEvent, fn(&InputRule) -> bool)> = vec![
+    type BreaksRule = fn(&InputRule) -> bool;
+    let events_breaking: Vec<(NewEvent, BreaksRule)> = vec![
         (with(&|e| e.event_type = "A\0B".to_owned()), |r| {
             matches!(
                 r,

@@ -39,6 +39,7 @@
 //!
 //! impl Handle<Deposit> for Account {
 //!     type Error = InvalidAmount;
+//!     const CREATES: bool = true; // the first deposit opens the account
 //!     fn handle(&self, command: &Deposit) -> Result<Vec<AccountEvent>, InvalidAmount> {
 //!         if command.0 <= 0 { return Err(InvalidAmount); }
 //!         let opened = (!self.open).then_some(AccountEvent::Opened);

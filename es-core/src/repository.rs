@@ -271,7 +271,7 @@ impl<A, S: Clone> Clone for Repository<A, S> {
 /// ```
 /// # use es_core::{Aggregate, Apply, Event, MemoryStore, Repository, Tenant};
 /// # #[derive(Event)] pub enum OrderEvent { Placed }
-/// # #[derive(Default, Aggregate)] #[aggregate(name = "order", event = OrderEvent)] pub struct Order;
+/// # #[derive(Clone, Default, Aggregate)] #[aggregate(name = "order", event = OrderEvent)] pub struct Order;
 /// # impl Apply<order_event::Placed> for Order { fn apply(&mut self, _: &order_event::Placed) {} }
 /// // Built once, kept in the service's state:
 /// let orders = Repository::<Order, _>::new(MemoryStore::new()).with_cache(1_000).per_tenant();
@@ -518,6 +518,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// Folds the events after `loaded.version` into it; returns how many were folded.
+    // The visitor's error is built at most once, when it ends the replay: its size costs nothing.
+    #[allow(clippy::result_large_err)]
     async fn fold(
         &self,
         stream: StreamKey<'_>,
