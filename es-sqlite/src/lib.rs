@@ -108,6 +108,8 @@
 mod error;
 mod open;
 mod options;
+#[cfg(test)]
+mod plans;
 mod projection;
 mod replay;
 mod rows;
