@@ -7,8 +7,8 @@ pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of a [`SqliteStore`](crate::SqliteStore).
 ///
-/// `busy_timeout` and `max_connections` configure the pool that
-/// [`SqliteStore::open_with`](crate::SqliteStore::open_with) opens; the others apply to stores
+/// `busy_timeout`, `max_connections` and `migrate` configure what
+/// [`SqliteStore::open_with`](crate::SqliteStore::open_with) does; the others apply to stores
 /// made from a pool of your own too ([`SqliteStore::new_with`](crate::SqliteStore::new_with)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
@@ -17,6 +17,7 @@ pub struct SqliteOptions {
     pub(crate) lock_lease: Duration,
     pub(crate) min_poll_interval: Duration,
     pub(crate) max_poll_interval: Duration,
+    pub(crate) migrate: bool,
 }
 
 impl Default for SqliteOptions {
@@ -27,13 +28,14 @@ impl Default for SqliteOptions {
             lock_lease: Duration::from_secs(30),
             min_poll_interval: Duration::from_millis(10),
             max_poll_interval: Duration::from_secs(1),
+            migrate: true,
         }
     }
 }
 
 impl SqliteOptions {
-    /// The defaults: a 30 s busy timeout, 8 connections, a 30 s projection lease and polling
-    /// between 10 ms and 1 s.
+    /// The defaults: a 30 s busy timeout, 8 connections, a 30 s projection lease, polling
+    /// between 10 ms and 1 s, and migrating the schema on open.
     pub fn new() -> Self {
         Self::default()
     }
@@ -67,6 +69,22 @@ impl SqliteOptions {
     /// starts at 10 ms and doubles up to this.
     pub fn max_poll_interval(mut self, max_poll_interval: Duration) -> Self {
         self.max_poll_interval = max_poll_interval.max(self.min_poll_interval);
+        self
+    }
+
+    /// Whether [`SqliteStore::open_with`](crate::SqliteStore::open_with) brings the schema up
+    /// to date (the default), or only checks that it is.
+    ///
+    /// Turn it off when something else owns the schema: a deploy step that runs
+    /// [`SqliteStore::migrate`](crate::SqliteStore::migrate) once before the new release
+    /// starts (a failed migration then stops the deploy instead of every process, and no
+    /// process takes the write lock at start-up to look), or an operator who upgrades schemas
+    /// by hand after a backup. The store then only reads the schema's version: it refuses a
+    /// database whose schema is behind this release's
+    /// ([`OpenError::NotMigrated`](crate::OpenError::NotMigrated)) or ahead of it
+    /// ([`OpenError::NewerSchema`](crate::OpenError::NewerSchema)), and writes nothing.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
         self
     }
 }

@@ -1,42 +1,35 @@
 //! [`ProjectionStore`] on SQLite: checkpoints, dead letters and read models commit in one SQLite
-//! transaction; one runner per projection through a leased lock row; live waits woken by this
-//! store's appends and by polling for other processes'.
+//! transaction; one runner per projection through a leased lock row, checked inside every
+//! committing transaction (the fence); live waits woken by this store's appends and by polling
+//! for other processes'.
 
 use std::time::{Duration, Instant};
 
 use es_core::projection::{DeadLetter, ProjectionStore};
-use es_core::{Position, RecordedEvent, StoreError};
-use sqlx::{Row, Sqlite, SqliteConnection};
+use es_core::{LogScope, Position, StoreError};
+use sqlx::{Row, Sqlite};
 use uuid::Uuid;
 
-use crate::rows::{self, EVENT_COLUMNS, InvalidValue, micros, now_micros, position_params};
-use crate::store::{SqliteStore, begin_immediate};
+use crate::error::store_error;
+use crate::rows::{self, InvalidValue, micros, now_micros, position_params};
+use crate::store::{SqliteStore, begin_immediate, bind_log_filter, log_queries};
 
-/// The projection is held by a runner of another store instance (another process, usually)
-/// whose lease is current: this runner lost its lease and must not commit.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "projection `{projection}` is held by runner `{holder}`; this runner (`{this}`) no longer holds its lease (its heartbeats stopped for longer than the lease)"
-)]
-pub struct LockLost {
-    /// The projection.
-    pub projection: String,
-    /// The current holder (`<pid>:<uuid>`).
-    pub holder: String,
-    /// The store instance that tried to commit.
-    pub this: String,
-}
-
-/// A projection held by a runner of this store; released when dropped.
+/// A projection held by a runner of this store.
 ///
 /// While held, a background task renews the lease every third of
-/// [`SqliteOptions::lock_lease`](crate::SqliteOptions::lock_lease).
+/// [`SqliteOptions::lock_lease`](crate::SqliteOptions::lock_lease), and every fenced commit
+/// renews it too. [`ProjectionStore::release`] deletes the lock row before it returns, so a
+/// runner of another process can take the projection at once. Dropping the lock instead
+/// releases it in the background, as far as a runtime is still there to do it; otherwise the
+/// lease runs out.
 #[derive(Debug)]
 pub struct SqliteLock {
     store: SqliteStore,
     projection: String,
     lease_id: String,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The row was deleted by [`ProjectionStore::release`]: nothing is left for `drop` to do.
+    released: bool,
 }
 
 impl SqliteLock {
@@ -52,21 +45,18 @@ impl Drop for SqliteLock {
             heartbeat.abort();
         }
         self.store.held().remove(&self.projection);
-        // Free the row so other processes need not wait for the lease to run out. Without a
-        // runtime (it is shutting down) the lease simply expires; this store can take it back at
-        // once either way, its own rows being recognised by owner.
+        if self.released {
+            return;
+        }
+        // Best effort: free the row so other processes need not wait for the lease to run out.
+        // Without a runtime (it is shutting down) the lease simply expires; this store can take
+        // the projection back at once either way, its own rows being recognised by owner.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             let projection = std::mem::take(&mut self.projection);
             let lease_id = std::mem::take(&mut self.lease_id);
             runtime.spawn(async move {
-                let _writer = store.shared.writer.lock().await;
-                let released = sqlx::query("DELETE FROM es_projection_locks WHERE projection = ?1 AND lease_id = ?2")
-                    .bind(&projection)
-                    .bind(&lease_id)
-                    .execute(store.pool())
-                    .await;
-                if let Err(error) = released {
+                if let Err(error) = store.delete_lease(&projection, &lease_id).await {
                     tracing::warn!(projection, %error, "failed to release the projection lock; it expires with its lease");
                 }
             });
@@ -81,11 +71,10 @@ impl SqliteStore {
 
     /// Takes the lock row when it is free, expired or this store's own; the new lease's id.
     async fn acquire_lease(&self, projection: &str) -> Result<Option<String>, StoreError> {
-        let backend = |error: sqlx::Error| {
-            StoreError::backend(format!("lock projection `{projection}`"), error)
-        };
+        let failed =
+            |error: sqlx::Error| store_error(format!("lock projection `{projection}`"), error);
         let _writer = self.shared.writer.lock().await;
-        let mut transaction = begin_immediate(self.pool()).await.map_err(backend)?;
+        let mut transaction = begin_immediate(self.pool()).await.map_err(failed)?;
         let now = now_micros();
         let holder = sqlx::query(
             "SELECT owner, heartbeat_at FROM es_projection_locks WHERE projection = ?1",
@@ -93,10 +82,10 @@ impl SqliteStore {
         .bind(projection)
         .fetch_optional(&mut *transaction)
         .await
-        .map_err(backend)?;
+        .map_err(failed)?;
         if let Some(holder) = holder {
-            let owner: String = holder.try_get("owner").map_err(backend)?;
-            let heartbeat_at: i64 = holder.try_get("heartbeat_at").map_err(backend)?;
+            let owner: String = holder.try_get("owner").map_err(failed)?;
+            let heartbeat_at: i64 = holder.try_get("heartbeat_at").map_err(failed)?;
             let live = heartbeat_at >= now.saturating_sub(self.lease_micros());
             if live && owner != self.shared.owner {
                 return Ok(None);
@@ -121,12 +110,29 @@ impl SqliteStore {
         .bind(now)
         .execute(&mut *transaction)
         .await
-        .map_err(backend)?;
-        transaction.commit().await.map_err(backend)?;
+        .map_err(failed)?;
+        transaction.commit().await.map_err(failed)?;
         Ok(Some(lease_id))
     }
 
-    /// Renews the lease every third of its length until the lock is dropped or the lease is
+    /// Deletes the lock row of this lease, if it still has it.
+    async fn delete_lease(&self, projection: &str, lease_id: &str) -> Result<(), StoreError> {
+        let _writer = self.shared.writer.lock().await;
+        sqlx::query("DELETE FROM es_projection_locks WHERE projection = ?1 AND lease_id = ?2")
+            .bind(projection)
+            .bind(lease_id)
+            .execute(self.pool())
+            .await
+            .map_err(|error| {
+                store_error(
+                    format!("release the lock of projection `{projection}`"),
+                    error,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Renews the lease every third of its length until the lock is released or the lease is
     /// found taken over.
     fn spawn_heartbeat(&self, projection: String, lease_id: String) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
@@ -163,43 +169,6 @@ impl SqliteStore {
             }
         })
     }
-
-    /// Fails when a runner of another store instance holds a current lease on the projection:
-    /// a runner whose lease was taken over cannot commit (fencing).
-    async fn check_lease(
-        &self,
-        connection: &mut SqliteConnection,
-        projection: &str,
-    ) -> Result<(), StoreError> {
-        let operation = || format!("save the checkpoint of projection `{projection}`");
-        let holder = sqlx::query(
-            "SELECT owner, heartbeat_at FROM es_projection_locks WHERE projection = ?1",
-        )
-        .bind(projection)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(|error| StoreError::backend(operation(), error))?;
-        let Some(holder) = holder else { return Ok(()) };
-        let owner: String = holder
-            .try_get("owner")
-            .map_err(|error| StoreError::backend(operation(), error))?;
-        let heartbeat_at: i64 = holder
-            .try_get("heartbeat_at")
-            .map_err(|error| StoreError::backend(operation(), error))?;
-        if owner != self.shared.owner
-            && heartbeat_at >= now_micros().saturating_sub(self.lease_micros())
-        {
-            return Err(StoreError::backend(
-                operation(),
-                LockLost {
-                    projection: projection.to_owned(),
-                    holder: owner,
-                    this: self.shared.owner.clone(),
-                },
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Guards an entry of the in-process set of held projections until a lock takes it over, so a
@@ -223,18 +192,25 @@ impl ProjectionStore for SqliteStore {
     type Lock = SqliteLock;
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`): it holds SQLite's write lock until it
-    /// commits or rolls back, so appends wait for it; keep batches short.
-    async fn begin(&self) -> Result<Self::Transaction, StoreError> {
+    /// commits or rolls back, so appends wait for it; keep batches short. SQLite does not
+    /// isolate tenants: the scope changes nothing.
+    ///
+    /// The transaction begins in its turn in this store's queue of writers, like appends and
+    /// lease renewals: a runner catching up, whose batches follow each other closely, lets
+    /// the writes of this process that queued meanwhile go between two batches, instead of
+    /// leaving them to poll for the lock until one lands in the short gap.
+    async fn begin(&self, _scope: LogScope<'_>) -> Result<Self::Transaction, StoreError> {
+        let _turn = self.shared.writer.lock().await;
         begin_immediate(self.pool())
             .await
-            .map_err(|error| StoreError::backend("begin a projection transaction", error))
+            .map_err(|error| store_error("begin a projection transaction", error))
     }
 
     async fn commit(&self, transaction: Self::Transaction) -> Result<(), StoreError> {
         transaction
             .commit()
             .await
-            .map_err(|error| StoreError::backend("commit a projection transaction", error))
+            .map_err(|error| store_error("commit a projection transaction", error))
     }
 
     async fn load_checkpoint(&self, projection: &str) -> Result<Option<Position>, StoreError> {
@@ -245,7 +221,7 @@ impl ProjectionStore for SqliteStore {
         .fetch_optional(self.pool())
         .await
         .map_err(|error| {
-            StoreError::backend(
+            store_error(
                 format!("load the checkpoint of projection `{projection}`"),
                 error,
             )
@@ -265,7 +241,6 @@ impl ProjectionStore for SqliteStore {
         projection: &str,
         position: Position,
     ) -> Result<(), StoreError> {
-        self.check_lease(transaction, projection).await?;
         let (transaction_id, sequence) = position_params(position);
         sqlx::query(
             "INSERT INTO es_checkpoints (projection, transaction_id, position, updated_at) VALUES (?1, ?2, ?3, ?4) \
@@ -278,7 +253,7 @@ impl ProjectionStore for SqliteStore {
         .bind(now_micros())
         .execute(&mut **transaction)
         .await
-        .map_err(|error| StoreError::backend(format!("save the checkpoint of projection `{projection}`"), error))?;
+        .map_err(|error| store_error(format!("save the checkpoint of projection `{projection}`"), error))?;
         Ok(())
     }
 
@@ -289,18 +264,20 @@ impl ProjectionStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (transaction_id, sequence) = position_params(dead_letter.position);
         sqlx::query(
-            "INSERT INTO es_dead_letters (projection, transaction_id, position, event_id, stream_id, stream_version, \
-               event_type, error, attempts, parked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+            "INSERT INTO es_dead_letters (projection, transaction_id, position, event_id, tenant, stream_type, \
+               stream_id, stream_version, event_type, error, attempts, parked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
              ON CONFLICT (projection, transaction_id, position) DO UPDATE SET event_id = excluded.event_id, \
-               stream_id = excluded.stream_id, stream_version = excluded.stream_version, \
-               event_type = excluded.event_type, error = excluded.error, attempts = excluded.attempts, \
-               parked_at = excluded.parked_at",
+               tenant = excluded.tenant, stream_type = excluded.stream_type, stream_id = excluded.stream_id, \
+               stream_version = excluded.stream_version, event_type = excluded.event_type, \
+               error = excluded.error, attempts = excluded.attempts, parked_at = excluded.parked_at",
         )
         .bind(&dead_letter.projection)
         .bind(transaction_id)
         .bind(sequence)
         .bind(dead_letter.event_id.to_string())
+        .bind(&dead_letter.tenant)
+        .bind(&dead_letter.stream_type)
         .bind(&dead_letter.stream_id)
         .bind(rows::saturating_i64(dead_letter.stream_version))
         .bind(&dead_letter.event_type)
@@ -310,7 +287,7 @@ impl ProjectionStore for SqliteStore {
         .execute(&mut **transaction)
         .await
         .map_err(|error| {
-            StoreError::backend(
+            store_error(
                 format!(
                     "park event at position {} for projection `{}`",
                     dead_letter.position, dead_letter.projection
@@ -335,7 +312,7 @@ impl ProjectionStore for SqliteStore {
             .execute(&mut **transaction)
             .await
             .map_err(|error| {
-                StoreError::backend(format!("unpark event at position {position} for projection `{projection}`"), error)
+                store_error(format!("unpark event at position {position} for projection `{projection}`"), error)
             })?;
         Ok(())
     }
@@ -345,68 +322,32 @@ impl ProjectionStore for SqliteStore {
         transaction: &mut Self::Transaction,
         projection: &str,
     ) -> Result<(), StoreError> {
-        let backend = |error: sqlx::Error| {
-            StoreError::backend(format!("reset projection `{projection}`"), error)
-        };
+        let failed =
+            |error: sqlx::Error| store_error(format!("reset projection `{projection}`"), error);
         sqlx::query("DELETE FROM es_checkpoints WHERE projection = ?1")
             .bind(projection)
             .execute(&mut **transaction)
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
         sqlx::query("DELETE FROM es_dead_letters WHERE projection = ?1")
             .bind(projection)
             .execute(&mut **transaction)
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
         Ok(())
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(
-            "SELECT projection, transaction_id, position, event_id, stream_id, stream_version, event_type, error, \
-               attempts, parked_at \
+            "SELECT projection, transaction_id, position, event_id, tenant, stream_type, stream_id, \
+               stream_version, event_type, error, attempts, parked_at \
              FROM es_dead_letters WHERE projection = ?1 ORDER BY transaction_id, position",
         )
         .bind(projection)
         .fetch_all(self.pool())
         .await
-        .map_err(|error| StoreError::backend(format!("read the dead letters of projection `{projection}`"), error))?;
+        .map_err(|error| store_error(format!("read the dead letters of projection `{projection}`"), error))?;
         rows.iter().map(rows::dead_letter).collect()
-    }
-
-    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
-        let (transaction_id, sequence) = position_params(position);
-        let row = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM es_events WHERE position = ?2 AND transaction_id = ?1"
-        ))
-        .bind(transaction_id)
-        .bind(sequence)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|error| {
-            StoreError::backend(format!("read the event at position {position}"), error)
-        })?;
-        row.as_ref().map(rows::recorded_event).transpose()
-    }
-
-    async fn count_after(&self, after: Position) -> Result<u64, StoreError> {
-        let (transaction_id, sequence) = position_params(after);
-        let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM es_events \
-             WHERE position > ?3 AND (transaction_id > ?1 OR (transaction_id = ?1 AND position > ?2))",
-        )
-        .bind(transaction_id)
-        .bind(sequence)
-        .bind(transaction_id.min(sequence))
-        .fetch_one(self.pool())
-        .await
-        .map_err(|error| StoreError::backend(format!("count the events after position {after}"), error))?;
-        u64::try_from(count).map_err(|_| {
-            StoreError::backend(
-                "count events",
-                InvalidValue(format!("count(*) returned {count}")),
-            )
-        })
     }
 
     /// Takes the projection for this runner: at once `None` when a runner of this store holds
@@ -430,14 +371,91 @@ impl ProjectionStore for SqliteStore {
             projection: projection.to_owned(),
             lease_id,
             heartbeat: Some(heartbeat),
+            released: false,
         }))
     }
 
-    /// Returns at once when the log already holds events after `after`; otherwise waits for an
-    /// append of this store (any clone), looking at the log between waits (every 10 ms at first,
-    /// backing off to [`SqliteOptions::max_poll_interval`](crate::SqliteOptions::max_poll_interval))
-    /// to see appends of other processes, until `timeout`.
-    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<(), StoreError> {
+    /// Checks, inside the transaction, that the lock row still names this lock's store and
+    /// lease and that the lease is current, and renews it: [`StoreError::LockLost`] otherwise.
+    /// The transaction holds SQLite's write lock from `begin`, so no other runner can take the
+    /// projection over between this check and the commit.
+    async fn fence(
+        &self,
+        transaction: &mut Self::Transaction,
+        lock: &SqliteLock,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        let renewed = sqlx::query(
+            "UPDATE es_projection_locks SET heartbeat_at = ?4 \
+             WHERE projection = ?1 AND owner = ?2 AND lease_id = ?3 AND heartbeat_at >= ?5",
+        )
+        .bind(&lock.projection)
+        .bind(&lock.store.shared.owner)
+        .bind(&lock.lease_id)
+        .bind(now)
+        .bind(now.saturating_sub(lock.store.lease_micros()))
+        .execute(&mut **transaction)
+        .await
+        .map_err(|error| {
+            store_error(
+                format!("check the lock of projection `{}`", lock.projection),
+                error,
+            )
+        })?;
+        if renewed.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LockLost {
+                projection: lock.projection.clone(),
+            })
+        }
+    }
+
+    /// Stops the lease's heartbeat and deletes the lock row before it returns, so that a runner
+    /// of another process can take the projection at once.
+    async fn release(&self, mut lock: SqliteLock) -> Result<(), StoreError> {
+        if let Some(heartbeat) = lock.heartbeat.take() {
+            heartbeat.abort();
+            // A renewal in flight finishes or is dropped before the row goes.
+            let _ = heartbeat.await;
+        }
+        lock.store
+            .delete_lease(&lock.projection, &lock.lease_id)
+            .await?;
+        lock.released = true;
+        Ok(())
+    }
+
+    async fn count_after(&self, scope: LogScope<'_>, after: Position) -> Result<u64, StoreError> {
+        let count: i64 = bind_log_filter(&log_queries(scope).count, scope, after)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|error| {
+                store_error(
+                    format!("count the events of {scope} after position {after}"),
+                    error,
+                )
+            })?;
+        u64::try_from(count).map_err(|_| {
+            StoreError::backend(
+                "count events",
+                InvalidValue(format!("count(*) returned {count}")),
+            )
+        })
+    }
+
+    /// Returns at once when the log of `scope` already holds events after `after`; otherwise
+    /// waits for an append of this store (any clone), looking at the log between waits (every
+    /// 10 ms at first, backing off to
+    /// [`SqliteOptions::max_poll_interval`](crate::SqliteOptions::max_poll_interval)) to see
+    /// appends of other processes, until `timeout`.
+    async fn wait_for_events(
+        &self,
+        scope: LogScope<'_>,
+        after: Position,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
         let deadline = Instant::now() + timeout;
         let options = &self.shared.options;
         let mut pause = options.min_poll_interval;
@@ -446,7 +464,12 @@ impl ProjectionStore for SqliteStore {
             let mut notified = std::pin::pin!(notified);
             // Register before looking, so an append between the look and the wait still wakes us.
             notified.as_mut().enable();
-            if self.head().await?.is_some_and(|head| head > after) {
+            let any: bool = bind_log_filter(&log_queries(scope).exists, scope, after)
+                .fetch_one(self.pool())
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|error| store_error(format!("look at the log of {scope}"), error))?;
+            if any {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());

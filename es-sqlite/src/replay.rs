@@ -11,32 +11,34 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use es_core::{ReplayedEvent, StoreError, Until};
+use es_core::{ReplayedEvent, StoreError, StreamKey, Until};
 use serde_json::value::RawValue;
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 use tracing::Instrument;
 
+use crate::error::store_error;
 use crate::rows::{event_version, saturating_i64, version_u32};
 use crate::store::bounds;
 
 /// How many events one query reads: as many as a page of `read_stream`.
 const PAGE: i64 = crate::store::PAGE as i64;
 
-/// The events of a replay: `?1` stream, `?2`..`?3` versions, `?4` latest recording time, `?5`
-/// the page size.
-const PAGE_ROWS: &str = "SELECT stream_type, stream_version, event_type, schema_version, payload \
+/// The events of a replay: `?1` tenant, `?2` stream type, `?3` stream id, `?4`..`?5` versions,
+/// `?6` latest recording time, `?7` the page size.
+const PAGE_ROWS: &str = "SELECT stream_version, event_type, schema_version, payload \
      FROM es_events \
-     WHERE stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 AND recorded_at <= ?4 \
-     ORDER BY stream_version LIMIT ?5";
+     WHERE tenant = ?1 AND stream_type = ?2 AND stream_id = ?3 \
+       AND stream_version BETWEEN ?4 AND ?5 AND recorded_at <= ?6 \
+     ORDER BY stream_version LIMIT ?7";
 
-/// A page as one JSON text, `[[stream_type, stream_version, event_type, schema_version,
-/// payload], ...]`, with its row count and last version. An empty page has no text.
-static PAGE_TEXT: LazyLock<String> = LazyLock::new(|| {
+/// A page as one JSON text, `[[stream_version, event_type, schema_version, payload], ...]`, with
+/// its row count and last version. An empty page has no text.
+pub(crate) static PAGE_TEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT '[' || group_concat('[' || json_quote(stream_type) || ',' || stream_version \
-           || ',' || json_quote(event_type) || ',' || schema_version || ',' || payload || ']', \
-           ',' ORDER BY stream_version) || ']' AS page, \
+        "SELECT '[' || group_concat('[' || stream_version || ',' || json_quote(event_type) \
+           || ',' || schema_version || ',' || payload || ']', ',' ORDER BY stream_version) \
+           || ']' AS page, \
            count(*) AS rows, max(stream_version) AS last_version \
          FROM ({PAGE_ROWS})"
     )
@@ -45,17 +47,16 @@ static PAGE_TEXT: LazyLock<String> = LazyLock::new(|| {
 /// One event of a page, borrowed from the page's text.
 #[derive(serde::Deserialize)]
 struct PageRow<'a>(
-    #[serde(borrow)] Cow<'a, str>,
     i64,
     #[serde(borrow)] Cow<'a, str>,
     i64,
     #[serde(borrow)] &'a RawValue,
 );
 
-/// Replays `stream_id` from `from_version` up to `until` into `visit`.
+/// Replays `stream` from `from_version` up to `until` into `visit`.
 pub(crate) async fn replay_stream<E, F>(
     pool: &SqlitePool,
-    stream_id: &str,
+    stream: StreamKey<'_>,
     from_version: u64,
     until: Until,
     mut visit: F,
@@ -66,30 +67,33 @@ where
 {
     let span = tracing::debug_span!(
         "es.sqlite.replay_stream",
-        stream_id,
+        tenant = stream.tenant,
+        stream_type = stream.stream_type,
+        stream_id = stream.id,
         from_version,
         events = tracing::field::Empty,
         elapsed_us = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();
-        let backend =
-            |error: sqlx::Error| StoreError::backend(format!("read stream `{stream_id}`"), error);
+        let failed = |error: sqlx::Error| store_error(format!("read stream `{stream}`"), error);
         let (until_version, until_recorded_at) = bounds(until);
         let mut next_version = saturating_i64(from_version.max(1));
         let mut replayed = 0;
         loop {
             let row = sqlx::query(&PAGE_TEXT)
-                .bind(stream_id)
+                .bind(stream.tenant)
+                .bind(stream.stream_type)
+                .bind(stream.id)
                 .bind(next_version)
                 .bind(until_version)
                 .bind(until_recorded_at)
                 .bind(PAGE)
                 .fetch_one(pool)
                 .await
-                .map_err(backend)?;
-            let rows: i64 = row.try_get("rows").map_err(backend)?;
-            let last_version: Option<i64> = row.try_get("last_version").map_err(backend)?;
+                .map_err(failed)?;
+            let rows: i64 = row.try_get("rows").map_err(failed)?;
+            let last_version: Option<i64> = row.try_get("last_version").map_err(failed)?;
             let (Some(last_version), true) = (last_version, rows > 0) else {
                 break;
             };
@@ -103,11 +107,9 @@ where
                 .filter(|page| page.len() as i64 == rows);
             match page {
                 Some(page) => {
-                    for PageRow(stream_type, version, event_type, schema_version, payload) in &page
-                    {
+                    for PageRow(version, event_type, schema_version, payload) in &page {
                         visit(event(
-                            stream_id,
-                            stream_type.as_ref(),
+                            stream,
                             *version,
                             event_type.as_ref(),
                             *schema_version,
@@ -117,30 +119,31 @@ where
                 }
                 None => {
                     let rows = sqlx::query(PAGE_ROWS)
-                        .bind(stream_id)
+                        .bind(stream.tenant)
+                        .bind(stream.stream_type)
+                        .bind(stream.id)
                         .bind(next_version)
                         .bind(until_version)
                         .bind(until_recorded_at)
                         .bind(PAGE)
                         .fetch_all(pool)
                         .await
-                        .map_err(backend)?;
+                        .map_err(failed)?;
                     for row in &rows {
-                        let version: i64 = row.try_get(1).unwrap_or(-1);
+                        let version: i64 = row.try_get(0).unwrap_or(-1);
                         let column = |index: usize, name: &str| {
                             row.try_get::<&str, _>(index)
-                                .map_err(|error| corrupt(stream_id, version, name, error))
+                                .map_err(|error| corrupt(stream, version, name, error))
                         };
-                        let schema_version: i64 = row.try_get(3).map_err(|error| {
-                            corrupt(stream_id, version, "schema_version", error)
-                        })?;
+                        let schema_version: i64 = row
+                            .try_get(2)
+                            .map_err(|error| corrupt(stream, version, "schema_version", error))?;
                         visit(event(
-                            stream_id,
-                            column(0, "stream_type")?,
+                            stream,
                             version,
-                            column(2, "event_type")?,
+                            column(1, "event_type")?,
                             schema_version,
-                            column(4, "payload")?,
+                            column(3, "payload")?,
                         )?)?;
                     }
                 }
@@ -162,8 +165,7 @@ where
 
 /// A row's values as an event, or why they cannot be one.
 fn event<'a>(
-    stream_id: &str,
-    stream_type: &'a str,
+    stream: StreamKey<'_>,
     version: i64,
     event_type: &'a str,
     schema_version: i64,
@@ -171,7 +173,6 @@ fn event<'a>(
 ) -> Result<ReplayedEvent<'a>, StoreError> {
     let read = || -> Result<ReplayedEvent<'a>, String> {
         Ok(ReplayedEvent {
-            stream_type,
             stream_version: event_version(version)?,
             event_type,
             schema_version: version_u32("schema_version", schema_version)?,
@@ -179,15 +180,15 @@ fn event<'a>(
         })
     };
     read().map_err(|reason| StoreError::CorruptRow {
-        stream_id: stream_id.to_owned(),
+        stream: stream.to_string(),
         stream_version: version,
         reason,
     })
 }
 
-fn corrupt(stream_id: &str, version: i64, name: &str, error: sqlx::Error) -> StoreError {
+fn corrupt(stream: StreamKey<'_>, version: i64, name: &str, error: sqlx::Error) -> StoreError {
     StoreError::CorruptRow {
-        stream_id: stream_id.to_owned(),
+        stream: stream.to_string(),
         stream_version: version,
         reason: format!("column `{name}`: {error}"),
     }

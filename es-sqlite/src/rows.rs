@@ -1,25 +1,25 @@
 //! Turning rows into es-core values without trusting them: every conversion that can fail maps
-//! to a typed error instead of a panic (P16).
+//! to a typed error instead of a panic.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use es_core::projection::DeadLetter;
-use es_core::{Position, RawJson, RecordedEvent, Snapshot, StoreError};
+use es_core::{Position, RawJson, RecordedEvent, Snapshot, StoreError, StreamKey};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 /// The columns of `es_events` that [`recorded_event`] reads, in a `SELECT` list.
-pub(crate) const EVENT_COLUMNS: &str = "position, transaction_id, stream_type, stream_id, stream_version, \
-     event_id, event_type, schema_version, payload, metadata, recorded_at";
+pub(crate) const EVENT_COLUMNS: &str = "position, transaction_id, tenant, stream_type, stream_id, \
+     stream_version, event_id, event_type, schema_version, payload, metadata, recorded_at";
 
 /// One `es_events` row as a JSON array, in the order [`PageRow`] reads it. Texts become JSON
 /// strings (payload and metadata too: stored text comes back exactly as stored, even text that
 /// is not JSON); integers become JSON numbers.
-const PAGE_ROW: &str = "json_array(position, transaction_id, stream_type, stream_id, stream_version, \
-     event_id, event_type, schema_version, payload, metadata, recorded_at)";
+const PAGE_ROW: &str = "json_array(position, transaction_id, tenant, stream_type, stream_id, \
+     stream_version, event_id, event_type, schema_version, payload, metadata, recorded_at)";
 
 /// A `SELECT` of one page of events as a single JSON text: `page` (an array of [`PAGE_ROW`]
 /// arrays in `order`), `rows` and `last_version` (of the last row). `filter` is the `WHERE`
@@ -43,6 +43,7 @@ struct PageRow<'a>(
     i64,
     #[serde(borrow)] Cow<'a, str>,
     #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
     i64,
     #[serde(borrow)] Cow<'a, str>,
     #[serde(borrow)] Cow<'a, str>,
@@ -63,6 +64,7 @@ pub(crate) fn page_events(page: &str) -> Option<Vec<Result<RecordedEvent, StoreE
         let PageRow(
             position,
             transaction_id,
+            tenant,
             stream_type,
             stream_id,
             raw_version,
@@ -73,32 +75,37 @@ pub(crate) fn page_events(page: &str) -> Option<Vec<Result<RecordedEvent, StoreE
             metadata,
             recorded_at,
         ) = row;
-        let read = || -> Result<RecordedEvent, String> {
-            let stream_version = event_version(raw_version)?;
-            Ok(RecordedEvent {
-                stream_type: stream_type.into_owned(),
-                stream_id: String::new(),
-                stream_version,
-                position: Position {
+        let read = || -> Result<(u64, Position, Uuid, u32, DateTime<Utc>), String> {
+            Ok((
+                event_version(raw_version)?,
+                Position {
                     transaction: unsigned("transaction_id", transaction_id)?,
                     sequence: unsigned("position", position)?,
                 },
-                event_id: uuid("event_id", &event_id)?,
-                event_type: event_type.into_owned(),
-                schema_version: version_u32("schema_version", schema_version)?,
-                payload: RawJson::from_string(payload.into_owned()),
-                metadata: RawJson::from_string(metadata.into_owned()),
-                recorded_at: time("recorded_at", recorded_at)?,
-            })
+                uuid("event_id", &event_id)?,
+                version_u32("schema_version", schema_version)?,
+                time("recorded_at", recorded_at)?,
+            ))
         };
         match read() {
-            Ok(mut event) => {
-                event.stream_id = stream_id.into_owned();
-                events.push(Ok(event));
+            Ok((stream_version, position, event_id, schema_version, recorded_at)) => {
+                events.push(Ok(RecordedEvent {
+                    tenant: tenant.into_owned(),
+                    stream_type: stream_type.into_owned(),
+                    stream_id: stream_id.into_owned(),
+                    stream_version,
+                    position,
+                    event_id,
+                    event_type: event_type.into_owned(),
+                    schema_version,
+                    payload: RawJson::from_string(payload.into_owned()),
+                    metadata: RawJson::from_string(metadata.into_owned()),
+                    recorded_at,
+                }));
             }
             Err(reason) => {
                 events.push(Err(StoreError::CorruptRow {
-                    stream_id: stream_id.into_owned(),
+                    stream: shown_key(&tenant, &stream_type, &stream_id),
                     stream_version: raw_version,
                     reason,
                 }));
@@ -107,6 +114,16 @@ pub(crate) fn page_events(page: &str) -> Option<Vec<Result<RecordedEvent, StoreE
         }
     }
     Some(events)
+}
+
+/// A stream's key as messages show it (`tenant:type/id`, shortened and escaped).
+pub(crate) fn shown_key(tenant: &str, stream_type: &str, id: &str) -> String {
+    StreamKey {
+        tenant,
+        stream_type,
+        id,
+    }
+    .to_string()
 }
 
 /// A value that does not fit its Rust type: the source of errors about rows that are not events.
@@ -141,7 +158,7 @@ pub(crate) fn event_version(value: i64) -> Result<u64, String> {
     }
 }
 
-fn unsigned(name: &str, value: i64) -> Result<u64, String> {
+pub(crate) fn unsigned(name: &str, value: i64) -> Result<u64, String> {
     u64::try_from(value).map_err(|_| format!("column `{name}` holds the negative value {value}"))
 }
 
@@ -175,31 +192,34 @@ pub(crate) fn position_params(position: Position) -> (i64, i64) {
     )
 }
 
+/// The key of the stream a row belongs to, as messages show it, as far as the row is readable.
+fn row_stream(row: &SqliteRow) -> String {
+    let part = |name: &str| {
+        row.try_get::<String, _>(name)
+            .unwrap_or_else(|_| "<unreadable>".to_owned())
+    };
+    shown_key(&part("tenant"), &part("stream_type"), &part("stream_id"))
+}
+
 /// Reads an `es_events` row selected with [`EVENT_COLUMNS`].
 pub(crate) fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let stream_id: String = row
-        .try_get("stream_id")
-        .unwrap_or_else(|_| "<unreadable>".to_owned());
     let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
-    read_event(row, stream_id.clone(), raw_version).map_err(|reason| StoreError::CorruptRow {
-        stream_id,
+    read_event(row, raw_version).map_err(|reason| StoreError::CorruptRow {
+        stream: row_stream(row),
         stream_version: raw_version,
         reason,
     })
 }
 
-fn read_event(
-    row: &SqliteRow,
-    stream_id: String,
-    raw_version: i64,
-) -> Result<RecordedEvent, String> {
+fn read_event(row: &SqliteRow, raw_version: i64) -> Result<RecordedEvent, String> {
     let stream_version = event_version(raw_version)?;
     let transaction = unsigned("transaction_id", column(row, "transaction_id")?)?;
     let sequence = unsigned("position", column(row, "position")?)?;
     let event_id: String = column(row, "event_id")?;
     Ok(RecordedEvent {
+        tenant: column(row, "tenant")?,
         stream_type: column(row, "stream_type")?,
-        stream_id,
+        stream_id: column(row, "stream_id")?,
         stream_version,
         position: Position {
             transaction,
@@ -216,14 +236,12 @@ fn read_event(
 
 /// Reads an `es_snapshots` row (all columns).
 pub(crate) fn snapshot(row: &SqliteRow) -> Result<Snapshot, StoreError> {
-    let stream_id: String = row
-        .try_get("stream_id")
-        .unwrap_or_else(|_| "<unreadable>".to_owned());
     let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
     let read = || -> Result<Snapshot, String> {
         Ok(Snapshot {
+            tenant: column(row, "tenant")?,
             stream_type: column(row, "stream_type")?,
-            stream_id: stream_id.clone(),
+            stream_id: column(row, "stream_id")?,
             stream_version: unsigned("stream_version", raw_version)?,
             state_version: version_u32("state_version", column(row, "state_version")?)?,
             state: RawJson::from_string(column::<String>(row, "state")?),
@@ -231,7 +249,7 @@ pub(crate) fn snapshot(row: &SqliteRow) -> Result<Snapshot, StoreError> {
         })
     };
     read().map_err(|reason| StoreError::CorruptRow {
-        stream_id: stream_id.clone(),
+        stream: row_stream(row),
         stream_version: raw_version,
         reason: format!("unreadable snapshot: {reason}"),
     })
@@ -239,9 +257,6 @@ pub(crate) fn snapshot(row: &SqliteRow) -> Result<Snapshot, StoreError> {
 
 /// Reads an `es_dead_letters` row (all columns).
 pub(crate) fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
-    let stream_id: String = row
-        .try_get("stream_id")
-        .unwrap_or_else(|_| "<unreadable>".to_owned());
     let raw_version: i64 = row.try_get("stream_version").unwrap_or(-1);
     let read = || -> Result<DeadLetter, String> {
         let event_id: String = column(row, "event_id")?;
@@ -252,7 +267,9 @@ pub(crate) fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
                 sequence: unsigned("position", column(row, "position")?)?,
             },
             event_id: uuid("event_id", &event_id)?,
-            stream_id: stream_id.clone(),
+            tenant: column(row, "tenant")?,
+            stream_type: column(row, "stream_type")?,
+            stream_id: column(row, "stream_id")?,
             stream_version: unsigned("stream_version", raw_version)?,
             event_type: column(row, "event_type")?,
             error: column(row, "error")?,
@@ -262,7 +279,7 @@ pub(crate) fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
         })
     };
     read().map_err(|reason| StoreError::CorruptRow {
-        stream_id: stream_id.clone(),
+        stream: row_stream(row),
         stream_version: raw_version,
         reason: format!("unreadable dead letter: {reason}"),
     })
@@ -281,13 +298,13 @@ pub(crate) fn position(row: &SqliteRow, what: impl fmt::Display) -> Result<Posit
 
 /// A stream version read by an aggregate query such as `max(stream_version)`.
 pub(crate) fn stream_version(
-    stream_id: &str,
+    stream: StreamKey<'_>,
     value: Option<i64>,
 ) -> Result<Option<u64>, StoreError> {
     value
         .map(|raw| {
             unsigned("stream_version", raw).map_err(|reason| StoreError::CorruptRow {
-                stream_id: stream_id.to_owned(),
+                stream: stream.to_string(),
                 stream_version: raw,
                 reason,
             })

@@ -5,15 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
 
+use es_core::contract;
 use es_core::{
-    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, NewEvent, Position,
-    RecordedEvent, ReplayedEvent, Snapshot, StoreError, Until,
+    AppendOutcome, AppendedRange, EventStore, EventStream, ExpectedVersion, LogScope, NewEvent,
+    Position, RecordedEvent, ReplayedEvent, Snapshot, StoreError, StreamKey, StreamKeyBuf, Until,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::error::store_error;
 use crate::open::pool_path;
 use crate::options::SqliteOptions;
 use crate::rows::{self, EVENT_COLUMNS, micros, now_micros, position_params, saturating_i64};
@@ -21,22 +23,107 @@ use crate::rows::{self, EVENT_COLUMNS, micros, now_micros, position_params, satu
 /// How many rows a stream read fetches per query.
 pub(crate) const PAGE: usize = 500;
 
-/// The rows of a stream read: `?1` stream, `?2`..`?3` versions, `?4` latest recording time.
-const READ_STREAM_FILTER: &str =
-    "stream_id = ?1 AND stream_version BETWEEN ?2 AND ?3 AND recorded_at <= ?4";
+/// The rows of a stream read: `?1` tenant, `?2` stream type, `?3` stream id, `?4`..`?5`
+/// versions, `?6` latest recording time.
+const READ_STREAM_FILTER: &str = "tenant = ?1 AND stream_type = ?2 AND stream_id = ?3 \
+     AND stream_version BETWEEN ?4 AND ?5 AND recorded_at <= ?6";
 
-/// A page of a stream read as one JSON value (see [`rows::page_query`]); `?5` the page size.
-static READ_STREAM_PAGE: LazyLock<String> =
-    LazyLock::new(|| rows::page_query(READ_STREAM_FILTER, "stream_version", "?5"));
+/// A page of a stream read as one JSON value (see [`rows::page_query`]); `?7` the page size.
+pub(crate) static READ_STREAM_PAGE: LazyLock<String> =
+    LazyLock::new(|| rows::page_query(READ_STREAM_FILTER, "stream_version", "?7"));
 
-/// The global log after a position: `?1`, `?2` the position, `?3` the smaller of the two (see
-/// `read_all`).
-const READ_ALL_FILTER: &str =
+/// The last version of a stream: `?1` tenant, `?2` stream type, `?3` stream id.
+pub(crate) const STREAM_VERSION: &str = "SELECT max(stream_version) FROM es_events \
+     WHERE tenant = ?1 AND stream_type = ?2 AND stream_id = ?3";
+
+/// After the one-statement append wrote nothing: the stream's version (`?1`..`?3` its key) and
+/// whether an id of the batch (`?4`, as in `append_state.sql`) is stored.
+pub(crate) const PLAIN_CONFLICT: &str = "SELECT (SELECT max(stream_version) FROM es_events \
+         WHERE tenant = ?1 AND stream_type = ?2 AND stream_id = ?3), \
+       EXISTS (SELECT 1 FROM json_each(?4) AS batch \
+               JOIN es_events AS e ON e.event_id = batch.value ->> 0)";
+
+/// The events a batch whose first event is at position `?1` wrote, and the next one: `?2` the
+/// batch's length.
+pub(crate) const STORED_BATCH: &str = "SELECT event_id, stream_version, position FROM es_events \
+     WHERE position BETWEEN ?1 AND ?1 + ?2 AND transaction_id = ?1 ORDER BY position";
+
+/// The event with id `?1`.
+pub(crate) static FIND_EVENT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ?1"));
+
+/// A stream's snapshot: `?1` tenant, `?2` stream type, `?3` stream id.
+pub(crate) const LOAD_SNAPSHOT: &str = "SELECT tenant, stream_type, stream_id, stream_version, \
+       state_version, state, taken_at \
+     FROM es_snapshots WHERE tenant = ?1 AND stream_type = ?2 AND stream_id = ?3";
+
+/// The statements that read the global log after a position, for one [`LogScope`]. Their
+/// parameters: `?1`, `?2` the position, `?3` the smaller of the two, then for one tenant `?4`
+/// the tenant; the page size, where there is one, comes last. Bind them with
+/// [`bind_log_filter`].
+pub(crate) struct LogQueries {
+    /// A page of events as one JSON value (see [`rows::page_query`]).
+    pub(crate) page: String,
+    /// The same page row by row, for a page that does not parse as JSON.
+    pub(crate) rows: String,
+    /// How many events there are.
+    pub(crate) count: String,
+    /// Whether there is any.
+    pub(crate) exists: String,
+}
+
+impl LogQueries {
+    fn new(filter: &str, limit: &str) -> Self {
+        Self {
+            page: rows::page_query(filter, "position", limit),
+            rows: format!(
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE {filter} ORDER BY position LIMIT {limit}"
+            ),
+            count: format!("SELECT count(*) FROM es_events WHERE {filter}"),
+            exists: format!("SELECT EXISTS (SELECT 1 FROM es_events WHERE {filter})"),
+        }
+    }
+}
+
+/// Events after a position. The first condition only lets SQLite start at the right place of
+/// the key it reads: positions are assigned in commit order and a batch's transaction id is its
+/// first position, so `(transaction_id, position)` orders like `position`.
+const AFTER: &str =
     "position > ?3 AND (transaction_id > ?1 OR (transaction_id = ?1 AND position > ?2))";
 
-/// A page of the global log as one JSON value; `?4` the page size.
-static READ_ALL_PAGE: LazyLock<String> =
-    LazyLock::new(|| rows::page_query(READ_ALL_FILTER, "position", "?4"));
+/// The whole log: the primary key, in order.
+pub(crate) static ALL_TENANTS: LazyLock<LogQueries> =
+    LazyLock::new(|| LogQueries::new(AFTER, "?4"));
+
+/// One tenant's log: the index on `tenant`, whose entries end with the position, in order.
+pub(crate) static ONE_TENANT: LazyLock<LogQueries> =
+    LazyLock::new(|| LogQueries::new(&format!("tenant = ?4 AND {AFTER}"), "?5"));
+
+/// The statements reading `scope`.
+pub(crate) fn log_queries(scope: LogScope<'_>) -> &'static LogQueries {
+    match scope {
+        LogScope::AllTenants => &ALL_TENANTS,
+        LogScope::Tenant(_) => &ONE_TENANT,
+    }
+}
+
+/// A statement of [`log_queries`] with its position (and tenant) bound; the page size, where it
+/// has one, is bound next.
+pub(crate) fn bind_log_filter<'q>(
+    query: &'q str,
+    scope: LogScope<'q>,
+    after: Position,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let (transaction, sequence) = position_params(after);
+    let query = sqlx::query(query)
+        .bind(transaction)
+        .bind(sequence)
+        .bind(transaction.min(sequence));
+    match scope {
+        LogScope::AllTenants => query,
+        LogScope::Tenant(tenant) => query.bind(tenant),
+    }
+}
 
 /// One page of a stream read, converted: its events (up to the first unreadable row), whether
 /// it was full (more may follow) and the version of its last row.
@@ -73,15 +160,16 @@ pub(crate) struct Shared {
 }
 
 impl SqliteStore {
-    /// A store on a pool you configured. Nothing is checked or created: call
-    /// [`migrate`](Self::migrate) once. Use [`connect_options`](Self::connect_options) for the
-    /// settings the store relies on (WAL and a busy timeout above all).
+    /// A store on a pool you configured. Nothing is checked or created, and the schema is not
+    /// migrated: call [`migrate`](Self::migrate) once (or let a deploy step do it). Use
+    /// [`connect_options`](Self::connect_options) for the settings the store relies on (WAL and
+    /// a busy timeout above all).
     pub fn new(pool: SqlitePool) -> Self {
         Self::new_with(pool, SqliteOptions::default())
     }
 
-    /// [`new`](Self::new) with options (the pool settings among them are ignored: the pool is
-    /// yours).
+    /// [`new`](Self::new) with options (the pool settings among them, and
+    /// [`SqliteOptions::migrate`], are ignored: the pool is yours, and so is migrating it).
     pub fn new_with(pool: SqlitePool, options: SqliteOptions) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -114,39 +202,19 @@ impl SqliteStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The last event of the log, `None` when it is empty.
-    pub(crate) async fn head(&self) -> Result<Option<Position>, StoreError> {
-        let row = sqlx::query(
-            "SELECT transaction_id, position FROM es_events ORDER BY position DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|error| StoreError::backend("read the end of the log", error))?;
-        row.map(|row| rows::position(&row, "the end of the log"))
-            .transpose()
-    }
-
     async fn append_batch(
         &self,
-        stream_type: &str,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        let backend = |error: sqlx::Error| {
-            StoreError::backend(format!("append to stream `{stream_id}`"), error)
-        };
-        let invalid = |reason: String| StoreError::InvalidAppend {
-            stream_id: stream_id.to_owned(),
-            reason,
-        };
-        es_core::check_batch(stream_id, &events)?;
+        contract::check_append(stream, &events)?;
+        let failed =
+            |error: sqlx::Error| store_error(format!("append to stream `{stream}`"), error);
         let ids: Vec<String> = events
             .iter()
             .map(|event| event.event_id.to_string())
             .collect();
-        let count = i64::try_from(events.len())
-            .map_err(|_| invalid("the batch is too large".to_owned()))?;
         // The batch travels as one JSON parameter, so that looking its ids up and inserting it
         // are one statement each whatever its size. Payload and metadata go as JSON strings
         // holding their text, which SQLite unwraps into exactly that text.
@@ -164,19 +232,13 @@ impl SqliteStore {
             })
             .collect();
         let batch = serde_json::to_string(&batch).map_err(|error| {
-            StoreError::backend(format!("encode a batch for stream `{stream_id}`"), error)
+            StoreError::backend(format!("encode a batch for stream `{stream}`"), error)
         })?;
 
         let _writer = self.shared.writer.lock().await;
         let fast = match events.as_slice() {
-            [event] => {
-                self.append_one(stream_type, stream_id, expected, event, &ids[0])
-                    .await?
-            }
-            _ => {
-                self.append_many(stream_type, stream_id, expected, &events, &batch)
-                    .await?
-            }
+            [event] => self.append_one(stream, expected, event, &ids[0]).await?,
+            _ => self.append_many(stream, expected, &events, &batch).await?,
         };
         if let Some(range) = fast {
             drop(_writer);
@@ -186,41 +248,50 @@ impl SqliteStore {
         // Nothing written. Under contention that is mostly a conflict: tell it with one read,
         // outside the write lock, rather than with a write transaction.
         drop(_writer);
-        if let Some(conflict) = self.plain_conflict(stream_id, expected, &batch).await? {
+        if let Some(conflict) = self.plain_conflict(stream, expected, &batch).await? {
             return Err(conflict);
         }
         let _writer = self.shared.writer.lock().await;
 
         // IMMEDIATE takes SQLite's write lock now (waiting up to the busy timeout), so the checks
         // below and the insert see one state that no other writer can change in between.
-        let mut transaction = begin_immediate(&self.pool).await.map_err(backend)?;
+        let mut transaction = begin_immediate(&self.pool).await.map_err(failed)?;
 
         let state = sqlx::query(include_str!("sql/append_state.sql"))
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(&batch)
             .fetch_one(&mut *transaction)
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
         // The idempotency check comes before the version check: a re-sent batch is not a conflict.
-        if let Some(found) = Found::read(&state).map_err(backend)? {
-            let range = previous_append(&mut transaction, stream_id, &events, &ids, found).await?;
+        if let Some(found) = Found::read(&state).map_err(failed)? {
+            let range = previous_append(&mut transaction, stream, &events, &ids, found).await?;
             return Ok(AppendOutcome::AlreadyAppended(range));
         }
-        let current_version: Option<i64> = state.try_get("current_version").map_err(backend)?;
-        let last_position: i64 = state.try_get("last_position").map_err(backend)?;
-        let last_recorded_at: Option<i64> = state.try_get("last_recorded_at").map_err(backend)?;
+        let current_version: Option<i64> = state.try_get("current_version").map_err(failed)?;
+        let last_position: i64 = state.try_get("last_position").map_err(failed)?;
+        let last_recorded_at: Option<i64> = state.try_get("last_recorded_at").map_err(failed)?;
 
-        let current = rows::stream_version(stream_id, current_version)?;
+        let current = rows::stream_version(stream, current_version)?;
         if !expected.admits(current) {
             return Err(StoreError::Conflict {
-                stream_id: stream_id.to_owned(),
+                stream: stream.to_owned(),
                 expected,
                 actual: current,
             });
         }
         // Only rows written by hand can bring these near `i64::MAX`; refuse rather than overflow.
-        let overflow =
-            || invalid("the stream versions or log positions would exceed 2^63 - 1".to_owned());
+        let overflow = || {
+            StoreError::backend(
+                format!("append to stream `{stream}`"),
+                rows::InvalidValue(
+                    "the stream versions or log positions would exceed 2^63 - 1".to_owned(),
+                ),
+            )
+        };
+        let count = i64::try_from(events.len()).map_err(|_| overflow())?;
         let first_version = current_version
             .unwrap_or(0)
             .checked_add(1)
@@ -236,15 +307,16 @@ impl SqliteStore {
         let recorded_at = now_micros().max(last_recorded_at.unwrap_or(i64::MIN));
         sqlx::query(include_str!("sql/insert_batch.sql"))
             .bind(first_position)
-            .bind(stream_type)
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(first_version)
             .bind(recorded_at)
             .bind(&batch)
             .execute(&mut *transaction)
             .await
-            .map_err(|error| insert_error(error, stream_id, &events))?;
-        transaction.commit().await.map_err(backend)?;
+            .map_err(failed)?;
+        transaction.commit().await.map_err(failed)?;
         drop(_writer);
         self.shared.appended.notify_waiters();
 
@@ -267,8 +339,7 @@ impl SqliteStore {
     /// batch, a conflict, an id used elsewhere), under the same in-process writer lock.
     async fn append_one(
         &self,
-        stream_type: &str,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         event: &NewEvent,
         event_id: &str,
@@ -280,8 +351,9 @@ impl SqliteStore {
             ExpectedVersion::Exact(version) => ("exact", saturating_i64(version)),
         };
         let inserted = sqlx::query(include_str!("sql/append_one.sql"))
-            .bind(stream_type)
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(kind)
             .bind(exact)
             .bind(event_id)
@@ -292,26 +364,19 @@ impl SqliteStore {
             .bind(now_micros())
             .fetch_optional(&self.pool)
             .await;
+        let failed =
+            |error: sqlx::Error| store_error(format!("append to stream `{stream}`"), error);
         let row = match inserted {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
-            Err(error)
-                if error
-                    .as_database_error()
-                    .is_some_and(|database| database.is_unique_violation()) =>
-            {
-                return Ok(None);
-            }
-            Err(error) => return Err(insert_error(error, stream_id, std::slice::from_ref(event))),
+            Err(error) if is_unique_violation(&error) => return Ok(None),
+            Err(error) => return Err(failed(error)),
         };
-        let backend = |error: sqlx::Error| {
-            StoreError::backend(format!("append to stream `{stream_id}`"), error)
-        };
-        let version: i64 = row.try_get(0).map_err(backend)?;
-        let position: i64 = row.try_get(1).map_err(backend)?;
+        let version: i64 = row.try_get(0).map_err(failed)?;
+        let position: i64 = row.try_get(1).map_err(failed)?;
         let unsigned = |value: i64| {
             u64::try_from(value).map_err(|_| StoreError::CorruptRow {
-                stream_id: stream_id.to_owned(),
+                stream: stream.to_string(),
                 stream_version: version,
                 reason: "the append returned a negative version or position".to_owned(),
             })
@@ -333,8 +398,7 @@ impl SqliteStore {
     /// wrote nothing or met a stored event id: the general path decides, as for one event.
     async fn append_many(
         &self,
-        stream_type: &str,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         events: &[NewEvent],
         batch: &str,
@@ -349,8 +413,9 @@ impl SqliteStore {
         };
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let inserted = sqlx::query(include_str!("sql/append_many.sql"))
-            .bind(stream_type)
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(batch)
             .bind(now_micros())
             .bind(base)
@@ -359,21 +424,17 @@ impl SqliteStore {
             .await;
         let done = match inserted {
             Ok(done) => done,
-            Err(error)
-                if error
-                    .as_database_error()
-                    .is_some_and(|database| database.is_unique_violation()) =>
-            {
-                return Ok(None);
+            Err(error) if is_unique_violation(&error) => return Ok(None),
+            Err(error) => {
+                return Err(store_error(format!("append to stream `{stream}`"), error));
             }
-            Err(error) => return Err(insert_error(error, stream_id, events)),
         };
         if done.rows_affected() == 0 {
             return Ok(None);
         }
         let unexpected = |reason: String| {
             StoreError::backend(
-                format!("append to stream `{stream_id}`"),
+                format!("append to stream `{stream}`"),
                 rows::InvalidValue(reason),
             )
         };
@@ -414,7 +475,7 @@ impl SqliteStore {
     /// statement ran too: the conflict is real, and reported with the version read now.
     async fn plain_conflict(
         &self,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         batch: &str,
     ) -> Result<Option<StoreError>, StoreError> {
@@ -424,27 +485,24 @@ impl SqliteStore {
         ) {
             return Ok(None);
         }
-        let backend = |error: sqlx::Error| {
-            StoreError::backend(format!("append to stream `{stream_id}`"), error)
-        };
-        let row = sqlx::query(
-            "SELECT (SELECT max(stream_version) FROM es_events WHERE stream_id = ?1), \
-               EXISTS (SELECT 1 FROM json_each(?2) AS batch \
-                       JOIN es_events AS e ON e.event_id = batch.value ->> 0)",
-        )
-        .bind(stream_id)
-        .bind(batch)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        let current: Option<i64> = row.try_get(0).map_err(backend)?;
-        let stored: bool = row.try_get(1).map_err(backend)?;
-        let current = rows::stream_version(stream_id, current)?;
+        let failed =
+            |error: sqlx::Error| store_error(format!("append to stream `{stream}`"), error);
+        let row = sqlx::query(PLAIN_CONFLICT)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
+            .bind(batch)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failed)?;
+        let current: Option<i64> = row.try_get(0).map_err(failed)?;
+        let stored: bool = row.try_get(1).map_err(failed)?;
+        let current = rows::stream_version(stream, current)?;
         if stored || expected.admits(current) {
             return Ok(None);
         }
         Ok(Some(StoreError::Conflict {
-            stream_id: stream_id.to_owned(),
+            stream: stream.to_owned(),
             expected,
             actual: current,
         }))
@@ -452,24 +510,25 @@ impl SqliteStore {
 
     async fn read_page(
         &self,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         from_version: i64,
         until_version: i64,
         until_recorded_at: i64,
     ) -> Result<Page, StoreError> {
-        let backend =
-            |error: sqlx::Error| StoreError::backend(format!("read stream `{stream_id}`"), error);
+        let failed = |error: sqlx::Error| store_error(format!("read stream `{stream}`"), error);
         let row = sqlx::query(&READ_STREAM_PAGE)
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(from_version)
             .bind(until_version)
             .bind(until_recorded_at)
             .bind(PAGE as i64)
             .fetch_one(&self.pool)
             .await
-            .map_err(backend)?;
-        let rows: i64 = row.try_get("rows").map_err(backend)?;
-        let last_version: Option<i64> = row.try_get("last_version").map_err(backend)?;
+            .map_err(failed)?;
+        let rows: i64 = row.try_get("rows").map_err(failed)?;
+        let last_version: Option<i64> = row.try_get("last_version").map_err(failed)?;
         let parsed = row
             .try_get::<&str, _>("page")
             .ok()
@@ -479,16 +538,18 @@ impl SqliteStore {
             // The page does not parse as JSON: read it row by row to name the unreadable row.
             None => sqlx::query(&format!(
                 "SELECT {EVENT_COLUMNS} FROM es_events WHERE {READ_STREAM_FILTER} \
-                 ORDER BY stream_version LIMIT ?5"
+                 ORDER BY stream_version LIMIT ?7"
             ))
-            .bind(stream_id)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
             .bind(from_version)
             .bind(until_version)
             .bind(until_recorded_at)
             .bind(PAGE as i64)
             .fetch_all(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(failed)?
             .iter()
             .map(rows::recorded_event)
             .collect(),
@@ -501,12 +562,18 @@ impl SqliteStore {
     }
 }
 
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|database| database.is_unique_violation())
+}
+
 /// The first of a batch's ids (in batch order) found stored, and where.
 struct Found {
     batch_index: i64,
     position: i64,
     transaction: i64,
-    stream_id: String,
+    stream: StreamKeyBuf,
     version: i64,
 }
 
@@ -519,7 +586,11 @@ impl Found {
             batch_index,
             position: row.try_get("found_position")?,
             transaction: row.try_get("found_transaction")?,
-            stream_id: row.try_get("found_stream_id")?,
+            stream: StreamKeyBuf {
+                tenant: row.try_get("found_tenant")?,
+                stream_type: row.try_get("found_stream_type")?,
+                id: row.try_get("found_stream_id")?,
+            },
             version: row.try_get("found_version")?,
         }))
     }
@@ -530,55 +601,53 @@ impl Found {
 /// [`StoreError::DuplicateEventId`].
 async fn previous_append(
     connection: &mut sqlx::SqliteConnection,
-    stream_id: &str,
+    stream: StreamKey<'_>,
     events: &[NewEvent],
     ids: &[String],
     found: Found,
 ) -> Result<AppendedRange, StoreError> {
-    let backend =
-        |error: sqlx::Error| StoreError::backend(format!("append to stream `{stream_id}`"), error);
+    let failed = |error: sqlx::Error| store_error(format!("append to stream `{stream}`"), error);
     let event_id = usize::try_from(found.batch_index)
         .ok()
         .and_then(|index| events.get(index))
         .map_or(events[0].event_id, |event| event.event_id);
     let duplicate = || StoreError::DuplicateEventId {
         event_id,
-        existing_stream_id: found.stream_id.clone(),
+        existing_stream: found.stream.clone(),
         existing_version: u64::try_from(found.version).unwrap_or(0),
     };
     // The same batch starts where its first event is stored, and that is where its append
     // started (a batch's transaction id is its first position).
-    if found.batch_index != 0 || found.stream_id != stream_id || found.position != found.transaction
+    if found.batch_index != 0
+        || found.stream.as_key() != stream
+        || found.position != found.transaction
     {
         return Err(duplicate());
     }
     // A batch's events have consecutive positions from its transaction id: reading one more
     // than the batch's length tells whether the stored batch is longer.
-    let stored = sqlx::query(
-        "SELECT event_id, stream_version, position FROM es_events \
-         WHERE position BETWEEN ?1 AND ?1 + ?2 AND transaction_id = ?1 ORDER BY position",
-    )
-    .bind(found.transaction)
-    .bind(ids.len() as i64)
-    .fetch_all(&mut *connection)
-    .await
-    .map_err(backend)?;
+    let stored = sqlx::query(STORED_BATCH)
+        .bind(found.transaction)
+        .bind(ids.len() as i64)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(failed)?;
     let stored_ids = stored
         .iter()
         .map(|row| row.try_get::<String, _>("event_id"))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
+        .map_err(failed)?;
     if stored_ids != ids {
         return Err(duplicate());
     }
     let Some(last) = stored.last() else {
         return Err(duplicate());
     };
-    let last_version: i64 = last.try_get("stream_version").map_err(backend)?;
-    let last_position: i64 = last.try_get("position").map_err(backend)?;
+    let last_version: i64 = last.try_get("stream_version").map_err(failed)?;
+    let last_position: i64 = last.try_get("position").map_err(failed)?;
     let unsigned = |value: i64| {
         u64::try_from(value).map_err(|_| StoreError::CorruptRow {
-            stream_id: stream_id.to_owned(),
+            stream: stream.to_string(),
             stream_version: value,
             reason: "negative version or position".to_owned(),
         })
@@ -591,38 +660,6 @@ async fn previous_append(
             sequence: unsigned(last_position)?,
         },
     })
-}
-
-/// An insert rejected by a `CHECK` on the JSON columns is the caller's mistake, not the
-/// database's: name the first event whose text does not parse.
-fn insert_error(error: sqlx::Error, stream_id: &str, events: &[NewEvent]) -> StoreError {
-    let message = error
-        .as_database_error()
-        .map(|database| database.message().to_owned())
-        .unwrap_or_default();
-    let column = if message.contains("payload_is_json") {
-        "payload"
-    } else if message.contains("metadata_is_json") {
-        "metadata"
-    } else {
-        return StoreError::backend(format!("append to stream `{stream_id}`"), error);
-    };
-    let is_json = |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok();
-    let culprit = events.iter().find(|event| match column {
-        "payload" => !is_json(event.payload.as_str()),
-        _ => !is_json(event.metadata.as_str()),
-    });
-    let reason = match culprit {
-        Some(event) => format!(
-            "the {column} of event {} (`{}`) is not valid JSON",
-            event.event_id, event.event_type
-        ),
-        None => format!("the {column} of an event of the batch is not valid JSON"),
-    };
-    StoreError::InvalidAppend {
-        stream_id: stream_id.to_owned(),
-        reason,
-    }
 }
 
 /// The SQL bounds of a stream read: the last version and the latest recording time included.
@@ -646,15 +683,15 @@ struct Reading {
 impl EventStore for SqliteStore {
     async fn append(
         &self,
-        stream_type: &str,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
         let span = tracing::debug_span!(
             "es.sqlite.append",
-            stream_type,
-            stream_id,
+            tenant = stream.tenant,
+            stream_type = stream.stream_type,
+            stream_id = stream.id,
             events = events.len(),
             %expected,
             outcome = tracing::field::Empty,
@@ -662,7 +699,7 @@ impl EventStore for SqliteStore {
         );
         let started = Instant::now();
         let result = self
-            .append_batch(stream_type, stream_id, expected, events)
+            .append_batch(stream, expected, events)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
@@ -678,13 +715,18 @@ impl EventStore for SqliteStore {
 
     fn read_stream<'a>(
         &'a self,
-        stream_id: &'a str,
+        stream: StreamKey<'a>,
         from_version: u64,
         until: Until,
     ) -> EventStream<'a> {
+        if let Err(error) = contract::check_stream(stream) {
+            return Box::pin(futures_util::stream::iter([Err(error)]));
+        }
         let span = tracing::debug_span!(
             "es.sqlite.read_stream",
-            stream_id,
+            tenant = stream.tenant,
+            stream_type = stream.stream_type,
+            stream_id = stream.id,
             from_version,
             events = tracing::field::Empty,
             elapsed_us = tracing::field::Empty,
@@ -719,7 +761,7 @@ impl EventStore for SqliteStore {
                     }
                     let page = self
                         .read_page(
-                            stream_id,
+                            stream,
                             reading.next_version,
                             until_version,
                             until_recorded_at,
@@ -746,7 +788,7 @@ impl EventStore for SqliteStore {
 
     async fn replay_stream<E, F>(
         &self,
-        stream_id: &str,
+        stream: StreamKey<'_>,
         from_version: u64,
         until: Until,
         visit: F,
@@ -755,28 +797,33 @@ impl EventStore for SqliteStore {
         E: From<StoreError> + Send,
         F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
     {
-        crate::replay::replay_stream(&self.pool, stream_id, from_version, until, visit).await
+        contract::check_stream(stream)?;
+        crate::replay::replay_stream(&self.pool, stream, from_version, until, visit).await
     }
 
-    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StoreError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT max(stream_version) FROM es_events WHERE stream_id = ?1")
-                .bind(stream_id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|error| {
-                    StoreError::backend(format!("read the version of stream `{stream_id}`"), error)
-                })?;
-        rows::stream_version(stream_id, version)
+    async fn stream_version(&self, stream: StreamKey<'_>) -> Result<Option<u64>, StoreError> {
+        contract::check_stream(stream)?;
+        let version: Option<i64> = sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|error| {
+                store_error(format!("read the version of stream `{stream}`"), error)
+            })?;
+        rows::stream_version(stream, version)
     }
 
     async fn read_all(
         &self,
+        scope: LogScope<'_>,
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let span = tracing::debug_span!(
             "es.sqlite.read_all",
+            scope = %scope,
             %after,
             limit,
             events = tracing::field::Empty,
@@ -786,21 +833,15 @@ impl EventStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (transaction, sequence) = position_params(after);
-        // Positions are assigned in commit order and a batch's transaction id is its first
-        // position, so `(transaction_id, position)` orders like `position`; the first condition
-        // only lets SQLite start the scan at the right place of the primary key.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let backend = |error: sqlx::Error| StoreError::backend("read the global log", error);
-        let page = sqlx::query(&READ_ALL_PAGE)
-            .bind(transaction)
-            .bind(sequence)
-            .bind(transaction.min(sequence))
+        let failed = |error: sqlx::Error| store_error(format!("read the log of {scope}"), error);
+        let queries = log_queries(scope);
+        let page = bind_log_filter(&queries.page, scope, after)
             .bind(limit)
             .fetch_one(&self.pool)
             .instrument(span.clone())
             .await
-            .map_err(backend)?;
+            .map_err(failed)?;
         let parsed = page
             .try_get::<&str, _>("page")
             .ok()
@@ -808,60 +849,66 @@ impl EventStore for SqliteStore {
         let events = match parsed {
             Some(events) => events.into_iter().collect::<Result<Vec<_>, _>>()?,
             // The page does not parse as JSON: read it row by row to name the unreadable row.
-            None => sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM es_events WHERE {READ_ALL_FILTER} \
-                 ORDER BY position LIMIT ?4"
-            ))
-            .bind(transaction)
-            .bind(sequence)
-            .bind(transaction.min(sequence))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(rows::recorded_event)
-            .collect::<Result<Vec<_>, _>>()?,
+            None => bind_log_filter(&queries.rows, scope, after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(failed)?
+                .iter()
+                .map(rows::recorded_event)
+                .collect::<Result<Vec<_>, _>>()?,
         };
         span.record("events", events.len());
         span.record("elapsed_us", started.elapsed().as_micros() as u64);
         Ok(events)
     }
 
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let row = sqlx::query(&FIND_EVENT)
+            .bind(event_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| store_error(format!("find event {event_id}"), error))?;
+        row.as_ref().map(rows::recorded_event).transpose()
+    }
+
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let stream_id = &snapshot.stream_id;
+        let stream = snapshot.stream();
+        contract::check_snapshot_state(stream, snapshot.state.as_str())?;
         let _writer = self.shared.writer.lock().await;
         sqlx::query(
-            "INSERT INTO es_snapshots (stream_id, stream_type, stream_version, state_version, state, taken_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (stream_id) DO UPDATE SET stream_type = excluded.stream_type, \
+            "INSERT INTO es_snapshots (tenant, stream_type, stream_id, stream_version, state_version, \
+               state, taken_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (stream_id, stream_type, tenant) DO UPDATE SET \
                stream_version = excluded.stream_version, state_version = excluded.state_version, \
                state = excluded.state, taken_at = excluded.taken_at \
              WHERE excluded.stream_version >= es_snapshots.stream_version",
         )
-        .bind(stream_id)
-        .bind(&snapshot.stream_type)
+        .bind(stream.tenant)
+        .bind(stream.stream_type)
+        .bind(stream.id)
         .bind(saturating_i64(snapshot.stream_version))
         .bind(i64::from(snapshot.state_version))
         .bind(snapshot.state.as_str())
         .bind(micros(snapshot.taken_at))
         .execute(&self.pool)
         .await
-        .map_err(|error| StoreError::backend(format!("save a snapshot of stream `{stream_id}`"), error))?;
+        .map_err(|error| store_error(format!("save a snapshot of stream `{stream}`"), error))?;
         Ok(())
     }
 
-    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, StoreError> {
-        let row = sqlx::query(
-            "SELECT stream_id, stream_type, stream_version, state_version, state, taken_at \
-             FROM es_snapshots WHERE stream_id = ?1",
-        )
-        .bind(stream_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|error| {
-            StoreError::backend(format!("load the snapshot of stream `{stream_id}`"), error)
-        })?;
+    async fn load_snapshot(&self, stream: StreamKey<'_>) -> Result<Option<Snapshot>, StoreError> {
+        contract::check_stream(stream)?;
+        let row = sqlx::query(LOAD_SNAPSHOT)
+            .bind(stream.tenant)
+            .bind(stream.stream_type)
+            .bind(stream.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| {
+                store_error(format!("load the snapshot of stream `{stream}`"), error)
+            })?;
         row.as_ref().map(rows::snapshot).transpose()
     }
 }

@@ -1,17 +1,17 @@
-//! Bad files, bad locations, newer schemas and bad rows: each is one clear typed error, nothing
-//! is written, nothing panics (issue 5 §5, P16).
+//! Bad files, bad locations, schemas of another release, a busy database and bad rows: each is
+//! one clear typed error, nothing is written, nothing panics.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{TempDir, TempStore, raw};
+use common::bank::Account;
+use common::{TempDir, TempStore, account, raw};
 use es_core::{
-    EventStore, ExpectedVersion, LoadError, Position, RawJson, Repository, StoreError, Until,
+    EventStore, ExpectedVersion, LoadError, LogScope, Position, Repository, StoreError, Until,
 };
-use es_examples::bank::Account;
-use es_sqlite::{OpenError, SqliteStore};
+use es_sqlite::{OpenError, SqliteOptions, SqliteStore};
 use futures_util::TryStreamExt;
 use sqlx::sqlite::SqlitePoolOptions;
 
@@ -198,8 +198,7 @@ async fn a_database_of_a_newer_es_sqlite_is_refused_before_migrating() {
     let store = SqliteStore::open(&path).await.unwrap();
     store
         .append(
-            "account",
-            "a",
+            account("a"),
             ExpectedVersion::NoStream,
             vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
         )
@@ -221,7 +220,7 @@ async fn a_database_of_a_newer_es_sqlite_is_refused_before_migrating() {
         .await
         .expect_err("the schema is newer");
     assert!(
-        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 1 } if *p == path),
+        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 2 } if *p == path),
         "{error:?}"
     );
     let message = error.to_string();
@@ -244,8 +243,7 @@ async fn reopening_keeps_the_events_and_migrates_nothing_twice() {
     let store = SqliteStore::open(dir.db()).await.unwrap();
     store
         .append(
-            "account",
-            "a",
+            account("a"),
             ExpectedVersion::NoStream,
             vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
         )
@@ -254,63 +252,17 @@ async fn reopening_keeps_the_events_and_migrates_nothing_twice() {
     store.close().await;
     let again = SqliteStore::open(dir.db()).await.unwrap();
     again.migrate().await.unwrap();
-    assert_eq!(again.stream_version("a").await.unwrap(), Some(1));
+    assert_eq!(again.stream_version(account("a")).await.unwrap(), Some(1));
     let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(again.pool())
         .await
         .unwrap();
-    assert_eq!(migrations, 1);
+    assert_eq!(migrations, 2);
     let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(again.pool())
         .await
         .unwrap();
     assert_eq!(journal, "wal");
-}
-
-#[tokio::test]
-async fn a_payload_that_is_not_json_is_refused_and_nothing_is_written() {
-    let store = TempStore::new().await;
-    let good = raw("Opened", serde_json::json!({ "owner": "o" }));
-    let mut bad = raw("Deposited", serde_json::json!({}));
-    bad.payload = RawJson::from_string("{\"amount\": 1");
-    let bad_id = bad.event_id;
-    let error = store
-        .append("account", "a", ExpectedVersion::NoStream, vec![good, bad])
-        .await
-        .expect_err("invalid JSON is refused");
-    let StoreError::InvalidAppend { stream_id, reason } = &error else {
-        panic!("expected InvalidAppend, got {error:?}");
-    };
-    assert_eq!(stream_id, "a");
-    assert!(
-        reason.contains(&bad_id.to_string()) && reason.contains("payload"),
-        "{reason}"
-    );
-    assert!(
-        !error.to_string().contains("amount"),
-        "messages never show payloads: {error}"
-    );
-    assert_eq!(
-        store.stream_version("a").await.unwrap(),
-        None,
-        "the whole batch was rolled back"
-    );
-
-    let mut bad_metadata = raw("Opened", serde_json::json!({}));
-    bad_metadata.metadata = RawJson::from_string("not json");
-    let error = store
-        .append(
-            "account",
-            "a",
-            ExpectedVersion::NoStream,
-            vec![bad_metadata],
-        )
-        .await
-        .expect_err("invalid metadata is refused");
-    assert!(
-        matches!(&error, StoreError::InvalidAppend { reason, .. } if reason.contains("metadata")),
-        "{error:?}"
-    );
 }
 
 /// Inserts a row by hand, bypassing the CHECK constraints, as a damaged or foreign writer would.
@@ -327,9 +279,10 @@ async fn insert_raw_row(
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO es_events (transaction_id, stream_type, stream_id, stream_version, event_id, event_type, \
-           schema_version, payload, metadata, recorded_at) \
-         VALUES ((SELECT coalesce(max(position), 0) + 1 FROM es_events), 'account', 'acc', ?1, ?2, ?3, 1, ?4, '{}', 0)",
+        "INSERT INTO es_events (transaction_id, tenant, stream_type, stream_id, stream_version, event_id, \
+           event_type, schema_version, payload, metadata, recorded_at) \
+         VALUES ((SELECT coalesce(max(position), 0) + 1 FROM es_events), 'default', 'account', 'acc', ?1, ?2, ?3, \
+           1, ?4, '{}', 0)",
     )
     .bind(version)
     .bind(event_id)
@@ -347,8 +300,7 @@ async fn insert_raw_row(
 async fn open_account(store: &SqliteStore) {
     store
         .append(
-            "account",
-            "acc",
+            account("acc"),
             ExpectedVersion::NoStream,
             vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
         )
@@ -370,22 +322,28 @@ async fn an_unreadable_row_is_a_typed_error_naming_stream_and_version() {
     )
     .await;
 
-    let read: Vec<Result<_, _>> = store.read_stream("acc", 1, Until::End).collect_all().await;
+    let read: Vec<Result<_, _>> = store
+        .read_stream(account("acc"), 1, Until::End)
+        .collect_all()
+        .await;
     assert_eq!(read.len(), 2, "the good event, then the error");
     assert!(read[0].is_ok());
     let Err(error) = &read[1] else {
         panic!("expected an error, got {:?}", read[1])
     };
     assert!(
-        matches!(error, StoreError::CorruptRow { stream_id, stream_version: 2, reason } if stream_id == "acc" && reason.contains("event_id")),
+        matches!(error, StoreError::CorruptRow { stream, stream_version: 2, reason } if stream == "account/acc" && reason.contains("event_id")),
         "{error:?}"
     );
     assert!(
-        error.to_string().contains("stream `acc`") && error.to_string().contains("version 2"),
+        error.to_string().contains("stream `account/acc`")
+            && error.to_string().contains("version 2"),
         "{error}"
     );
     assert!(matches!(
-        store.read_all(Position::START, 10).await,
+        store
+            .read_all(LogScope::AllTenants, Position::START, 10)
+            .await,
         Err(StoreError::CorruptRow { .. })
     ));
 
@@ -417,7 +375,7 @@ async fn a_corrupt_payload_or_an_unknown_type_fails_the_load_with_stream_and_ver
         .await
         .expect_err("the payload is not JSON");
     assert!(
-        matches!(&error, LoadError::Decode { stream_id, stream_version: 2, event_type, .. } if stream_id == "acc" && event_type == "Deposited"),
+        matches!(&error, LoadError::Decode { stream, stream_version: 2, event_type, .. } if stream.as_key() == account("acc") && event_type == "Deposited"),
         "{error:?}"
     );
 
@@ -465,25 +423,30 @@ async fn a_row_of_invalid_utf8_is_named_after_the_good_events() {
     let store = &temp.store;
     open_account(store).await;
     sqlx::query(
-        "INSERT INTO es_events (position, transaction_id, stream_type, stream_id, stream_version, \
+        "INSERT INTO es_events (position, transaction_id, tenant, stream_type, stream_id, stream_version, \
            event_id, event_type, schema_version, payload, metadata, recorded_at) \
-         VALUES (2, 2, 'account', 'acc', 2, ?1, CAST(x'ff' AS TEXT), 1, '{}', '{}', 0)",
+         VALUES (2, 2, 'default', 'account', 'acc', 2, ?1, CAST(x'ff' AS TEXT), 1, '{}', '{}', 0)",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .execute(store.pool())
     .await
     .unwrap();
 
-    let read: Vec<Result<_, _>> = store.read_stream("acc", 1, Until::End).collect_all().await;
+    let read: Vec<Result<_, _>> = store
+        .read_stream(account("acc"), 1, Until::End)
+        .collect_all()
+        .await;
     assert_eq!(read.len(), 2, "the good event, then the error: {read:?}");
     assert!(read[0].is_ok());
     assert!(
-        matches!(&read[1], Err(StoreError::CorruptRow { stream_id, stream_version: 2, reason }) if stream_id == "acc" && reason.contains("event_type")),
+        matches!(&read[1], Err(StoreError::CorruptRow { stream, stream_version: 2, reason }) if stream == "account/acc" && reason.contains("event_type")),
         "{:?}",
         read[1]
     );
     assert!(matches!(
-        store.read_all(Position::START, 10).await,
+        store
+            .read_all(LogScope::AllTenants, Position::START, 10)
+            .await,
         Err(StoreError::CorruptRow { .. })
     ));
     // A load reads its own narrower page, and names the same row.
@@ -491,7 +454,114 @@ async fn a_row_of_invalid_utf8_is_named_after_the_good_events() {
         .load("acc")
         .await;
     assert!(
-        matches!(&loaded, Err(LoadError::Store(StoreError::CorruptRow { stream_id, stream_version: 2, reason })) if stream_id == "acc" && reason.contains("event_type")),
+        matches!(&loaded, Err(LoadError::Store(StoreError::CorruptRow { stream, stream_version: 2, reason })) if stream == "account/acc" && reason.contains("event_type")),
         "{loaded:?}"
     );
+}
+
+/// Opened without migrating, a store only reads the schema's version: a database that was
+/// never migrated, or is ahead of this release, is refused and left as it was; one that is up
+/// to date opens.
+#[tokio::test]
+async fn without_migrations_a_schema_of_another_release_is_refused_untouched() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    let no_migrations = || SqliteOptions::new().migrate(false);
+
+    let error = SqliteStore::open_with(&path, no_migrations())
+        .await
+        .expect_err("a new file has no schema");
+    assert!(
+        matches!(&error, OpenError::NotMigrated { path: p, found: None, required: 2 } if *p == path),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("migrate it first"), "{error}");
+    let tables: i64 = {
+        let store = SqliteStore::new(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .connect_with(SqliteStore::connect_options(&path))
+                .await
+                .unwrap(),
+        );
+        let tables = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        // `new` on a pool of one's own does not migrate either; `migrate` does.
+        store.migrate().await.unwrap();
+        store.close().await;
+        tables
+    };
+    assert_eq!(tables, 0, "nothing was created");
+
+    let store = SqliteStore::open_with(&path, no_migrations())
+        .await
+        .expect("the schema is up to date");
+    store
+        .append(
+            account("a"),
+            ExpectedVersion::NoStream,
+            vec![raw("Opened", serde_json::json!({ "owner": "o" }))],
+        )
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let error = SqliteStore::open_with(&path, no_migrations())
+        .await
+        .expect_err("the schema is newer");
+    assert!(
+        matches!(&error, OpenError::NewerSchema { found: 9999, .. }),
+        "{error:?}"
+    );
+}
+
+/// A write lock held by another connection past the busy timeout makes writes fail as
+/// unavailable, which is transient: the same append goes through once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_past_the_busy_timeout_is_unavailable_and_transient() {
+    let temp = TempStore::with_options(
+        SqliteOptions::new().busy_timeout(std::time::Duration::from_millis(100)),
+    )
+    .await;
+    let store = &temp.store;
+    let other = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteStore::connect_options(temp.dir.db()))
+        .await
+        .unwrap();
+    let blocker = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+
+    let batch = vec![raw("Opened", serde_json::json!({ "owner": "o" }))];
+    let error = store
+        .append(account("a"), ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect_err("the write lock is held elsewhere");
+    assert!(
+        matches!(&error, StoreError::Unavailable { .. }) && error.is_transient(),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("append to stream `account/a`"),
+        "{error}"
+    );
+    let lock = es_core::projection::ProjectionStore::try_lock(store, "p").await;
+    assert!(
+        matches!(&lock, Err(error) if error.is_transient()),
+        "{lock:?}"
+    );
+
+    blocker.rollback().await.unwrap();
+    let appended = store
+        .append(account("a"), ExpectedVersion::NoStream, batch)
+        .await
+        .expect("the lock is free again");
+    assert_eq!(appended.range().last_version, 1);
+    other.close().await;
 }

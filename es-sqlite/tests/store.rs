@@ -1,18 +1,18 @@
 //! SQLite-specific store behaviour beyond the conformance suite: the repository under
-//! contention, gap-free tailing of the log, cancelled appends, the batch rule, time travel and
-//! other processes on the same file.
+//! contention, gap-free tailing of the log, cancelled appends, the one-statement append paths,
+//! times in microseconds that never decrease, and other processes on the same file.
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{TempStore, raw};
+use common::bank::{Account, Deposit, Open};
+use common::{TempStore, account, numbers, raw, whole_log};
 use es_core::{
-    AppendOutcome, CommandContext, EventStore, ExpectedVersion, Position, RecordedEvent,
-    Repository, StoreError, Until,
+    AppendOutcome, CommandContext, EventStore, ExpectedVersion, LoadError, LogScope, Position,
+    RecordedEvent, Repository, StoreError, Until,
 };
-use es_examples::bank::{Account, Deposit, Open};
 use es_sqlite::SqliteOptions;
 use futures_util::TryStreamExt;
 
@@ -65,7 +65,7 @@ async fn eight_tasks_times_a_hundred_deposits_on_one_account_lose_nothing() {
     assert_eq!(loaded.version, (TASKS * COMMANDS) as u64 + 1);
     let versions: Vec<u64> = temp
         .store
-        .read_stream("acc-1", 1, Until::End)
+        .read_stream(account("acc-1"), 1, Until::End)
         .map_ok(|event| event.stream_version)
         .try_collect()
         .await
@@ -89,7 +89,10 @@ async fn a_tailing_reader_sees_every_event_once_in_order_while_writers_commit() 
         let mut after = Position::START;
         loop {
             let finished = *done_rx.borrow_and_update();
-            let batch = reader_store.read_all(after, 7).await.unwrap();
+            let batch = reader_store
+                .read_all(LogScope::AllTenants, after, 7)
+                .await
+                .unwrap();
             if let Some(last) = batch.last() {
                 after = last.position;
                 seen.extend(batch);
@@ -111,8 +114,7 @@ async fn a_tailing_reader_sees_every_event_once_in_order_while_writers_commit() 
                     .collect();
                 store
                     .append(
-                        "numbers",
-                        &format!("w-{writer}"),
+                        numbers(&format!("w-{writer}")),
                         ExpectedVersion::Any,
                         events,
                     )
@@ -126,11 +128,7 @@ async fn a_tailing_reader_sees_every_event_once_in_order_while_writers_commit() 
     }
     done_tx.send(true).unwrap();
     let seen = reader.await.unwrap();
-    let log = temp
-        .store
-        .read_all(Position::START, usize::MAX)
-        .await
-        .unwrap();
+    let log = whole_log(&temp.store).await;
     assert_eq!(
         seen, log,
         "the tailing reader saw the whole log, in its order"
@@ -159,7 +157,7 @@ async fn a_cancelled_append_stores_all_of_its_batch_or_nothing_and_the_store_goe
         let budget = Duration::from_micros(attempt * 97 % 4000);
         let outcome = tokio::time::timeout(
             budget,
-            store.append("numbers", "s", ExpectedVersion::Any, batch),
+            store.append(numbers("s"), ExpectedVersion::Any, batch),
         )
         .await;
         if let Ok(Err(error)) = &outcome {
@@ -173,8 +171,7 @@ async fn a_cancelled_append_stores_all_of_its_batch_or_nothing_and_the_store_goe
     let settled = tokio::time::timeout(
         Duration::from_secs(10),
         store.append(
-            "numbers",
-            "s",
+            numbers("s"),
             ExpectedVersion::Any,
             (0..25).map(|i| numbered(9_000 + i)).collect(),
         ),
@@ -182,7 +179,7 @@ async fn a_cancelled_append_stores_all_of_its_batch_or_nothing_and_the_store_goe
     .await
     .expect("no lock was left behind")
     .unwrap();
-    let log = store.read_all(Position::START, usize::MAX).await.unwrap();
+    let log = whole_log(store).await;
     assert_eq!(settled.range().last_position, log.last().unwrap().position);
     let mut batches: BTreeMap<u64, Vec<&RecordedEvent>> = BTreeMap::new();
     for event in &log {
@@ -224,58 +221,6 @@ async fn a_cancelled_append_stores_all_of_its_batch_or_nothing_and_the_store_goe
 }
 
 #[tokio::test]
-async fn only_a_whole_batch_resent_as_it_was_counts_as_already_appended() {
-    let temp = TempStore::new().await;
-    let store = &temp.store;
-    let batch: Vec<_> = (1..=3).map(numbered).collect();
-    let first = store
-        .append("numbers", "s", ExpectedVersion::NoStream, batch.clone())
-        .await
-        .unwrap();
-    let later = store
-        .append("numbers", "s", ExpectedVersion::Any, vec![numbered(4)])
-        .await
-        .unwrap();
-
-    let again = store
-        .append("numbers", "s", ExpectedVersion::Exact(1), batch.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        again,
-        AppendOutcome::AlreadyAppended(first.range()),
-        "the expectation is not checked on a re-send"
-    );
-    let last_alone = store
-        .append("numbers", "s", ExpectedVersion::Any, vec![numbered(5)])
-        .await
-        .unwrap();
-    assert_ne!(
-        last_alone.range().last_position,
-        later.range().last_position
-    );
-
-    // A tail of the batch was never sent as a batch of its own.
-    let tail = store
-        .append("numbers", "s", ExpectedVersion::Any, batch[1..].to_vec())
-        .await;
-    assert!(
-        matches!(&tail, Err(StoreError::DuplicateEventId { event_id, existing_version: 2, .. }) if *event_id == batch[1].event_id),
-        "{tail:?}"
-    );
-    // The same batch to another stream.
-    let elsewhere = store
-        .append("numbers", "t", ExpectedVersion::Any, batch.clone())
-        .await;
-    assert!(
-        matches!(elsewhere, Err(StoreError::DuplicateEventId { .. })),
-        "{elsewhere:?}"
-    );
-    assert_eq!(store.stream_version("s").await.unwrap(), Some(5));
-    assert_eq!(store.stream_version("t").await.unwrap(), None);
-}
-
-#[tokio::test]
 async fn time_travel_by_version_and_by_time() {
     let temp = TempStore::new().await;
     let accounts = Repository::<Account, _>::new(temp.store.clone());
@@ -296,7 +241,7 @@ async fn time_travel_by_version_and_by_time() {
         .unwrap();
     let events: Vec<RecordedEvent> = temp
         .store
-        .read_stream("acc", 1, Until::End)
+        .read_stream(account("acc"), 1, Until::End)
         .try_collect()
         .await
         .unwrap();
@@ -315,11 +260,13 @@ async fn time_travel_by_version_and_by_time() {
     assert_eq!((at_cut.version, at_cut.state.balance), (2, 10));
     let before = accounts
         .load_at_time("acc", cut - chrono::Duration::days(1))
-        .await
-        .unwrap();
-    assert_eq!(before.version, 0);
+        .await;
+    assert!(
+        matches!(before, Err(LoadError::NotFound { .. })),
+        "{before:?}"
+    );
 
-    let log = temp.store.read_all(Position::START, 100).await.unwrap();
+    let log = whole_log(&temp.store).await;
     assert!(
         log.windows(2)
             .all(|pair| pair[0].recorded_at <= pair[1].recorded_at),
@@ -342,12 +289,11 @@ async fn two_instances_on_one_file_share_the_log_and_its_guarantees() {
             let mut written = 0u64;
             let mut conflicts = 0u64;
             while written < 40 {
-                let current = store.stream_version("shared").await.unwrap();
+                let current = store.stream_version(numbers("shared")).await.unwrap();
                 let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                 match store
                     .append(
-                        "numbers",
-                        "shared",
+                        numbers("shared"),
                         expected,
                         vec![numbered(index as u64 * 1000 + written)],
                     )
@@ -365,7 +311,7 @@ async fn two_instances_on_one_file_share_the_log_and_its_guarantees() {
         task.await.unwrap();
     }
     let events: Vec<RecordedEvent> = other
-        .read_stream("shared", 1, Until::End)
+        .read_stream(numbers("shared"), 1, Until::End)
         .try_collect()
         .await
         .unwrap();
@@ -391,7 +337,7 @@ async fn a_single_event_append_answers_like_a_batch() {
     let store = &temp.store;
     let one = numbered(1);
     let first = store
-        .append("numbers", "s", ExpectedVersion::NoStream, vec![one.clone()])
+        .append(numbers("s"), ExpectedVersion::NoStream, vec![one.clone()])
         .await
         .unwrap();
     assert!(matches!(first, AppendOutcome::Appended(_)));
@@ -406,7 +352,7 @@ async fn a_single_event_append_answers_like_a_batch() {
     // Re-sent with an expectation that no longer holds, then with one that does.
     for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
         let again = store
-            .append("numbers", "s", expected, vec![one.clone()])
+            .append(numbers("s"), expected, vec![one.clone()])
             .await
             .unwrap();
         assert_eq!(
@@ -416,7 +362,7 @@ async fn a_single_event_append_answers_like_a_batch() {
         );
     }
     let conflict = store
-        .append("numbers", "s", ExpectedVersion::Exact(5), vec![numbered(2)])
+        .append(numbers("s"), ExpectedVersion::Exact(5), vec![numbered(2)])
         .await;
     assert!(
         matches!(
@@ -429,7 +375,7 @@ async fn a_single_event_append_answers_like_a_batch() {
         "{conflict:?}"
     );
     let second = store
-        .append("numbers", "s", ExpectedVersion::Exact(1), vec![numbered(2)])
+        .append(numbers("s"), ExpectedVersion::Exact(1), vec![numbered(2)])
         .await
         .unwrap();
     assert_eq!(second.range().last_version, 2);
@@ -440,22 +386,23 @@ async fn a_single_event_append_answers_like_a_batch() {
 
     // A stream at the largest version, written by hand: the append is refused, not wrapped.
     sqlx::query(
-        "INSERT INTO es_events (position, transaction_id, stream_type, stream_id, stream_version, \
-           event_id, event_type, schema_version, payload, metadata, recorded_at) \
-         VALUES (100, 100, 'numbers', 'full', 9223372036854775807, ?1, 'Numbered', 1, '{}', '{}', 0)",
+        "INSERT INTO es_events (position, transaction_id, tenant, stream_type, stream_id, \
+           stream_version, event_id, event_type, schema_version, payload, metadata, recorded_at) \
+         VALUES (100, 100, 'default', 'numbers', 'full', 9223372036854775807, ?1, 'Numbered', 1, \
+           '{}', '{}', 0)",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .execute(store.pool())
     .await
     .unwrap();
     let overflow = store
-        .append("numbers", "full", ExpectedVersion::Any, vec![numbered(3)])
+        .append(numbers("full"), ExpectedVersion::Any, vec![numbered(3)])
         .await;
     assert!(
-        matches!(&overflow, Err(StoreError::InvalidAppend { reason, .. }) if reason.contains("exceed")),
+        matches!(&overflow, Err(error @ StoreError::Backend { .. }) if error.to_string().contains("exceed")),
         "{overflow:?}"
     );
-    let log = store.read_all(Position::START, 100).await.unwrap();
+    let log = whole_log(store).await;
     assert_eq!(log.len(), 3, "nothing else was written");
 }
 
@@ -472,7 +419,7 @@ async fn cancelled_single_event_appends_leave_a_contiguous_stream() {
         let budget = Duration::from_micros(attempt * 37 % 1500);
         let outcome = tokio::time::timeout(
             budget,
-            store.append("numbers", "s", ExpectedVersion::Any, vec![event]),
+            store.append(numbers("s"), ExpectedVersion::Any, vec![event]),
         )
         .await;
         if let Ok(result) = outcome {
@@ -482,13 +429,13 @@ async fn cancelled_single_event_appends_leave_a_contiguous_stream() {
     }
     let last = tokio::time::timeout(
         Duration::from_secs(10),
-        store.append("numbers", "s", ExpectedVersion::Any, vec![numbered(1_000)]),
+        store.append(numbers("s"), ExpectedVersion::Any, vec![numbered(1_000)]),
     )
     .await
     .expect("no lock was left behind")
     .unwrap();
     let stream: Vec<RecordedEvent> = store
-        .read_stream("s", 1, Until::End)
+        .read_stream(numbers("s"), 1, Until::End)
         .try_collect()
         .await
         .unwrap();
@@ -507,8 +454,7 @@ async fn batches_report_the_same_ranges_on_either_path() {
     let store = &temp.store;
     let first = store
         .append(
-            "numbers",
-            "s",
+            numbers("s"),
             ExpectedVersion::NoStream,
             (1..=3).map(numbered).collect(),
         )
@@ -516,8 +462,7 @@ async fn batches_report_the_same_ranges_on_either_path() {
         .unwrap();
     let other = store
         .append(
-            "numbers",
-            "t",
+            numbers("t"),
             ExpectedVersion::Any,
             (4..=5).map(numbered).collect(),
         )
@@ -525,8 +470,7 @@ async fn batches_report_the_same_ranges_on_either_path() {
         .unwrap();
     let second = store
         .append(
-            "numbers",
-            "s",
+            numbers("s"),
             ExpectedVersion::Exact(3),
             (6..=9).map(numbered).collect(),
         )
@@ -544,7 +488,7 @@ async fn batches_report_the_same_ranges_on_either_path() {
     assert_eq!(range(first), (1, 3, 1, 3));
     assert_eq!(range(other), (1, 2, 4, 5));
     assert_eq!(range(second), (4, 7, 6, 9));
-    let log = store.read_all(Position::START, 100).await.unwrap();
+    let log = whole_log(store).await;
     let positions: Vec<(u64, u64)> = log
         .iter()
         .map(|event| (event.position.transaction, event.position.sequence))
@@ -565,8 +509,7 @@ async fn batches_report_the_same_ranges_on_either_path() {
     );
     let stale = store
         .append(
-            "numbers",
-            "s",
+            numbers("s"),
             ExpectedVersion::Exact(3),
             (10..=11).map(numbered).collect(),
         )
@@ -581,5 +524,5 @@ async fn batches_report_the_same_ranges_on_either_path() {
         ),
         "{stale:?}"
     );
-    assert_eq!(store.read_all(Position::START, 100).await.unwrap().len(), 9);
+    assert_eq!(whole_log(store).await.len(), 9);
 }
