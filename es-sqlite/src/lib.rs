@@ -113,6 +113,7 @@ mod plans;
 mod projection;
 mod replay;
 mod rows;
+mod sql_store;
 mod store;
 
 pub use open::OpenError;

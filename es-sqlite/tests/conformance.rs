@@ -1,4 +1,4 @@
-//! Both conformance suites on `SqliteStore`: every case on its own fresh file.
+//! The conformance suites on `SqliteStore`: every case on its own fresh file.
 
 mod common;
 
@@ -8,6 +8,31 @@ mod store {
 
 mod projections {
     es_core::projection_conformance_tests!(super::SqliteHarness::new());
+}
+
+mod repository {
+    es_core::repository_conformance_tests!(async { super::common::TempStore::new().await });
+}
+
+/// The SQL suite's cases, each holding its temporary file for as long as it runs; once on the
+/// store and once on the store behind a `DynStore`.
+mod sql {
+    use es_core::DynStore;
+    use es_core::conformance::sql;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_round_trip() {
+        let temp = super::common::TempStore::new().await;
+        sql::values_round_trip(temp.store.clone()).await;
+        sql::values_round_trip(DynStore::new_sql(temp.store.clone())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rolled_back_statements_leave_nothing() {
+        let temp = super::common::TempStore::new().await;
+        sql::rolled_back_statements_leave_nothing(temp.store.clone()).await;
+        sql::rolled_back_statements_leave_nothing(DynStore::new_sql(temp.store.clone())).await;
+    }
 }
 
 use std::time::Duration;

@@ -22,28 +22,36 @@ use es_sqlite::SqliteStore;
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     // The store is chosen at run time; every handler works on `DynStore`.
     let (store, described) = match std::env::var("DATABASE_URL") {
         Ok(url) => {
-            let store = PgStore::connect(&url)
-                .await
-                .map_err(|e| format!("{e}\n(start PostgreSQL, or unset DATABASE_URL for SQLite)"))?;
-            (DynStore::new_sql(store), "PostgreSQL at $DATABASE_URL".to_owned())
+            let store = PgStore::connect(&url).await.map_err(|e| {
+                format!("{e}\n(start PostgreSQL, or unset DATABASE_URL for SQLite)")
+            })?;
+            (
+                DynStore::new_sql(store),
+                "PostgreSQL at $DATABASE_URL".to_owned(),
+            )
         }
         Err(_) => {
             let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out");
             std::fs::create_dir_all(&out)?;
             let path = out.join("web.db");
             let store = SqliteStore::open(&path).await?;
-            (DynStore::new_sql(store), format!("SQLite file {}", path.display()))
+            (
+                DynStore::new_sql(store),
+                format!("SQLite file {}", path.display()),
+            )
         }
     };
     let state = AppState::start(store, OrderList::new()).await?;
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let address = listener.local_addr()?;
     println!("order service on http://{address} ({described})");

@@ -122,7 +122,9 @@ impl FromRequestParts<AppState> for Scoped {
                 .transpose()
         };
         let tenant = match text("x-tenant")? {
-            Some(tenant) => Tenant::new(tenant).map_err(|e| ApiError::bad_request(e.to_string()))?,
+            Some(tenant) => {
+                Tenant::new(tenant).map_err(|e| ApiError::bad_request(e.to_string()))?
+            }
             None => Tenant::default(),
         };
         let mut context = CommandContext::new().with_source("order-service");
@@ -138,7 +140,9 @@ impl FromRequestParts<AppState> for Scoped {
                 .trim_start_matches("W/")
                 .trim_matches('"')
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad_request("If-Match holds an order version, like \"3\""))?;
+                .map_err(|_| {
+                    ApiError::bad_request("If-Match holds an order version, like \"3\"")
+                })?;
             context = context.expecting_version(version);
         }
         Ok(Self {
@@ -200,7 +204,10 @@ async fn reserve(scoped: Scoped, Path(id): Path<String>) -> Result<Response, Api
     let command = ReserveInventory {
         reservation_id: format!("res-{id}"),
     };
-    let executed = scoped.orders.execute(&id, &command, &scoped.context).await?;
+    let executed = scoped
+        .orders
+        .execute(&id, &command, &scoped.context)
+        .await?;
     Ok(executed_response(StatusCode::OK, &id, &executed))
 }
 
@@ -214,13 +221,19 @@ async fn pay(
         amount: body.amount,
         at: Utc::now(),
     };
-    let executed = scoped.orders.execute(&id, &command, &scoped.context).await?;
+    let executed = scoped
+        .orders
+        .execute(&id, &command, &scoped.context)
+        .await?;
     Ok(executed_response(StatusCode::OK, &id, &executed))
 }
 
 async fn confirm(scoped: Scoped, Path(id): Path<String>) -> Result<Response, ApiError> {
     let command = ConfirmOrder { at: Utc::now() };
-    let executed = scoped.orders.execute(&id, &command, &scoped.context).await?;
+    let executed = scoped
+        .orders
+        .execute(&id, &command, &scoped.context)
+        .await?;
     Ok(executed_response(StatusCode::OK, &id, &executed))
 }
 
@@ -233,7 +246,10 @@ async fn cancel(
         reason: body.reason,
         at: Utc::now(),
     };
-    let executed = scoped.orders.execute(&id, &command, &scoped.context).await?;
+    let executed = scoped
+        .orders
+        .execute(&id, &command, &scoped.context)
+        .await?;
     Ok(executed_response(StatusCode::OK, &id, &executed))
 }
 
@@ -261,7 +277,10 @@ async fn history(
         .try_collect()
         .await?;
     if events.is_empty() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("order `{id}` does not exist")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("order `{id}` does not exist"),
+        ));
     }
     Ok(Json(events).into_response())
 }
@@ -292,7 +311,11 @@ async fn list_orders(
     }
     let rows = state
         .list
-        .rows(&state.store, scoped.orders.tenant().as_str(), query.limit.unwrap_or(100))
+        .rows(
+            &state.store,
+            scoped.orders.tenant().as_str(),
+            query.limit.unwrap_or(100),
+        )
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(rows).into_response())
@@ -301,7 +324,9 @@ async fn list_orders(
 async fn health(State(state): State<AppState>) -> Response {
     let health = state.order_list.health();
     let status = match health.state {
-        es_core::projection::RunState::Running | es_core::projection::RunState::Standby => StatusCode::OK,
+        es_core::projection::RunState::Running | es_core::projection::RunState::Standby => {
+            StatusCode::OK
+        }
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = serde_json::json!({
@@ -363,8 +388,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

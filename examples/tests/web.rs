@@ -21,8 +21,12 @@ struct Service {
 
 impl Service {
     async fn start(store: DynStore, list: OrderList, dir: Option<tempfile::TempDir>) -> Self {
-        let state = AppState::start(store, list).await.expect("the service starts");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let state = AppState::start(store, list)
+            .await
+            .expect("the service starts");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let app = router(state.clone());
         let server = tokio::spawn(async move {
@@ -39,7 +43,9 @@ impl Service {
 
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = es_sqlite::SqliteStore::open(dir.path().join("web.db")).await.unwrap();
+        let store = es_sqlite::SqliteStore::open(dir.path().join("web.db"))
+            .await
+            .unwrap();
         Self::start(DynStore::new_sql(store), OrderList::new(), Some(dir)).await
     }
 
@@ -91,7 +97,10 @@ fn etag(response: &Response) -> String {
 }
 
 fn position(response: &Response) -> String {
-    response.headers()["x-position"].to_str().unwrap().to_owned()
+    response.headers()["x-position"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn json_of(response: Response) -> Value {
@@ -105,28 +114,65 @@ async fn the_order_flow(service: &Service) {
     assert_eq!(created.status(), StatusCode::CREATED);
     assert_eq!(etag(&created), "\"1\"");
     let got = service.get("/orders/o-1", &[]).await;
-    assert_eq!((got.status(), etag(&got)), (StatusCode::OK, "\"1\"".to_owned()));
+    assert_eq!(
+        (got.status(), etag(&got)),
+        (StatusCode::OK, "\"1\"".to_owned())
+    );
     assert_eq!(json_of(got).await["order"]["status"], "PENDING");
 
     let reserved = service
-        .post("/orders/o-1/reservation", json!({}), &[("if-match", "\"1\"")])
+        .post(
+            "/orders/o-1/reservation",
+            json!({}),
+            &[("if-match", "\"1\"")],
+        )
         .await;
-    assert_eq!((reserved.status(), etag(&reserved)), (StatusCode::OK, "\"2\"".to_owned()));
+    assert_eq!(
+        (reserved.status(), etag(&reserved)),
+        (StatusCode::OK, "\"2\"".to_owned())
+    );
     let stale = service
-        .post("/orders/o-1/cancellation", json!({ "reason": "late" }), &[("if-match", "\"1\"")])
+        .post(
+            "/orders/o-1/cancellation",
+            json!({ "reason": "late" }),
+            &[("if-match", "\"1\"")],
+        )
         .await;
-    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED, "a stale If-Match");
-    assert!(json_of(stale).await["error"].as_str().unwrap().contains("version 2"));
+    assert_eq!(
+        stale.status(),
+        StatusCode::PRECONDITION_FAILED,
+        "a stale If-Match"
+    );
+    assert!(
+        json_of(stale).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("version 2")
+    );
 
     let short = service
-        .post("/orders/o-1/payment", json!({ "payment_id": "p-0", "amount": 1 }), &[])
+        .post(
+            "/orders/o-1/payment",
+            json!({ "payment_id": "p-0", "amount": 1 }),
+            &[],
+        )
         .await;
-    assert_eq!(short.status(), StatusCode::UNPROCESSABLE_ENTITY, "an amount that never fits");
+    assert_eq!(
+        short.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an amount that never fits"
+    );
     let paid = service
-        .post("/orders/o-1/payment", json!({ "payment_id": "p-1", "amount": 3000 }), &[])
+        .post(
+            "/orders/o-1/payment",
+            json!({ "payment_id": "p-1", "amount": 3000 }),
+            &[],
+        )
         .await;
     assert_eq!(paid.status(), StatusCode::OK);
-    let confirmed = service.post("/orders/o-1/confirmation", json!({}), &[]).await;
+    let confirmed = service
+        .post("/orders/o-1/confirmation", json!({}), &[])
+        .await;
     assert_eq!(confirmed.status(), StatusCode::OK);
     let after = position(&confirmed);
 
@@ -139,7 +185,12 @@ async fn the_order_flow(service: &Service) {
         .collect();
     assert_eq!(
         types,
-        ["OrderCreated", "InventoryReserved", "PaymentProcessed", "OrderConfirmed"]
+        [
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentProcessed",
+            "OrderConfirmed"
+        ]
     );
     assert_eq!(history[0]["metadata"]["correlation_id"], "req-42");
     assert_eq!(history[0]["payload"]["total_amount"], 3000);
@@ -158,10 +209,16 @@ async fn the_order_flow(service: &Service) {
 
     let missing = service.get("/orders/nope", &[]).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    let missing_command = service.post("/orders/nope/confirmation", json!({}), &[]).await;
+    let missing_command = service
+        .post("/orders/nope/confirmation", json!({}), &[])
+        .await;
     assert_eq!(missing_command.status(), StatusCode::NOT_FOUND);
     let bad_if_match = service
-        .post("/orders/o-1/confirmation", json!({}), &[("if-match", "yesterday")])
+        .post(
+            "/orders/o-1/confirmation",
+            json!({}),
+            &[("if-match", "yesterday")],
+        )
         .await;
     assert_eq!(bad_if_match.status(), StatusCode::BAD_REQUEST);
     let bad_position = service.get("/orders?after=soon", &[]).await;
@@ -175,22 +232,36 @@ async fn a_retried_create_places_one_order(service: &Service) {
     let first = json_of(first).await;
     // The reply was lost; the client sends the same request again.
     let again = service.post("/orders", order("o-2"), &key).await;
-    assert_eq!(again.status(), StatusCode::OK, "the first outcome, not a second order");
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the first outcome, not a second order"
+    );
     let again = json_of(again).await;
     assert_eq!(again["outcome"]["events"], first["outcome"]["events"]);
     assert_eq!(again["outcome"]["repeated"], true);
     let other_key = service
         .post("/orders", order("o-2"), &[("idempotency-key", "another")])
         .await;
-    assert_eq!(other_key.status(), StatusCode::CONFLICT, "another command: the order exists");
+    assert_eq!(
+        other_key.status(),
+        StatusCode::CONFLICT,
+        "another command: the order exists"
+    );
     let history = json_of(service.get("/orders/o-2/history", &[]).await).await;
     assert_eq!(history.as_array().unwrap().len(), 1, "one order placed");
 }
 
 async fn fifty_concurrent_payments_one_wins(service: &Service) {
-    assert_eq!(service.post("/orders", order("o-3"), &[]).await.status(), StatusCode::CREATED);
     assert_eq!(
-        service.post("/orders/o-3/reservation", json!({}), &[]).await.status(),
+        service.post("/orders", order("o-3"), &[]).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        service
+            .post("/orders/o-3/reservation", json!({}), &[])
+            .await
+            .status(),
         StatusCode::OK
     );
     let mut payments = Vec::new();
@@ -212,7 +283,10 @@ async fn fifty_concurrent_payments_one_wins(service: &Service) {
         statuses.push(payment.await.unwrap());
     }
     let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let refused = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
     assert_eq!((won, refused), (1, 49), "{statuses:?}");
     let history = json_of(service.get("/orders/o-3/history", &[]).await).await;
     let paid = history
@@ -227,9 +301,21 @@ async fn fifty_concurrent_payments_one_wins(service: &Service) {
 async fn tenants_are_kept_apart(service: &Service) {
     let acme = [("x-tenant", "acme")];
     let globex = [("x-tenant", "globex")];
-    assert_eq!(service.post("/orders", order("t-1"), &acme).await.status(), StatusCode::CREATED);
-    assert_eq!(service.get("/orders/t-1", &globex).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(service.post("/orders", order("t-1"), &globex).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        service.post("/orders", order("t-1"), &acme).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        service.get("/orders/t-1", &globex).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        service
+            .post("/orders", order("t-1"), &globex)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     let placed = service
         .post("/orders/t-1/reservation", json!({}), &acme)
         .await;
