@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 use es_core::{
-    CommandContext, EventStore, ExecuteError, ExpectedVersion, NewEvent, RawJson, Repository, Until,
+    CommandContext, EventStore, ExecuteError, ExpectedVersion, NewEvent, RawJson, Repository,
+    StreamKey, Until,
 };
 use es_examples::catalog::{CreateProduct, Product, ProductCreatedV1, UpdatePrice};
 use es_sqlite::SqliteStore;
@@ -56,7 +57,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
             metadata: RawJson::encode(&ctx().metadata())?,
         };
         store
-            .append("product", id, ExpectedVersion::NoStream, vec![old])
+            .append(
+                StreamKey::new("product", id),
+                ExpectedVersion::NoStream,
+                vec![old],
+            )
             .await?;
     }
 
@@ -101,7 +106,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
 
     println!("\n== the stream of p-1 as stored: old payloads are never rewritten ==");
-    let mut stream = store.read_stream("p-1", 1, Until::End);
+    let mut stream = store.read_stream(StreamKey::new("product", "p-1"), 1, Until::End);
     while let Some(event) = stream.try_next().await? {
         println!(
             "  v{} {} (schema v{}) {}",

@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use es_core::projection::{Projection, ProjectionRunner, ProjectionStore, progress_bar};
 use es_core::{
-    Aggregate, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent,
+    Aggregate, DEFAULT_TENANT, EventStore, ExpectedVersion, LogScope, Metadata, NewEvent, Position,
+    RecordedEvent, StreamKey,
 };
 use es_examples::order::{
     Address, InventoryReserved, Order, OrderCancelled, OrderConfirmed, OrderCreated, OrderEvent,
     OrderItem, PaymentProcessed, total_of,
 };
 use es_examples::order_list::OrderList;
-use es_postgres::PgStore;
+use es_postgres::{PgOptions, PgStore};
 use futures_util::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 
@@ -46,7 +47,7 @@ struct Options {
     reuse: bool,
 }
 
-fn options() -> Result<Options, Box<dyn Error>> {
+fn options() -> Result<Options, Box<dyn Error + Send + Sync>> {
     let mut options = Options {
         orders: 25_000,
         batch_sizes: vec![500],
@@ -79,7 +80,7 @@ fn options() -> Result<Options, Box<dyn Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let options = options()?;
     if std::env::var_os("RUST_LOG").is_some() {
         // Each span's time as it closes: `es.projection.batch`, `es.pg.read_all`, ...
@@ -101,9 +102,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "es: catch-up of the order list on PostgreSQL, schema `{SCHEMA}`, {events} events of {} orders\n",
         options.orders
     );
-    let store = PgStore::new(pool).with_schema(SCHEMA)?;
+    let store = PgStore::with_options(pool, PgOptions::new().schema(SCHEMA)?);
     store.migrate().await?;
-    let reuse = options.reuse && store.count_after(Position::START).await? == events as u64;
+    let reuse = options.reuse
+        && store
+            .count_after(LogScope::AllTenants, Position::START)
+            .await?
+            == events as u64;
     if !reuse {
         sqlx::query(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
             .execute(store.pool())
@@ -111,7 +116,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         store.migrate().await?;
     }
     let list = OrderList::in_schema(SCHEMA);
-    list.create_table_postgres(store.pool()).await?;
+    list.create_table(&store).await?;
     if reuse {
         println!("reusing the log of the previous run");
     } else {
@@ -134,7 +139,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         // A rebuild: clear the table and the checkpoint, then catch up from the first event.
         let checkpoint = runner.rebuild(progress_bar("order_list")).await?;
         let elapsed = started.elapsed();
-        let rows = list.rows_postgres(store.pool()).await?.len();
+        let rows = list.rows(&store, DEFAULT_TENANT, i64::MAX).await?.len();
         if checkpoint != end || rows != options.orders {
             return Err(format!(
                 "the catch-up stopped early (checkpoint {checkpoint}, end of log {end}, {rows} rows): \
@@ -210,7 +215,7 @@ fn lifecycle(n: usize) -> Vec<OrderEvent> {
 }
 
 /// Appends every order's life, one append per order, [`WRITERS`] at a time.
-async fn fill(store: &PgStore, orders: usize) -> Result<(), Box<dyn Error>> {
+async fn fill(store: &PgStore, orders: usize) -> Result<(), Box<dyn Error + Send + Sync>> {
     let metadata = Metadata {
         source: Some("order_list_catch_up".into()),
         ..Metadata::default()
@@ -225,13 +230,12 @@ async fn fill(store: &PgStore, orders: usize) -> Result<(), Box<dyn Error>> {
                     .collect::<Result<Vec<_>, _>>()?;
                 store
                     .append(
-                        Order::NAME,
-                        &format!("order-{n}"),
+                        StreamKey::new(Order::NAME, &format!("order-{n}")),
                         ExpectedVersion::NoStream,
                         events,
                     )
                     .await?;
-                Ok::<_, Box<dyn Error>>(())
+                Ok::<_, Box<dyn Error + Send + Sync>>(())
             }
         })
         .buffer_unordered(WRITERS);
@@ -241,10 +245,10 @@ async fn fill(store: &PgStore, orders: usize) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn last_position(store: &PgStore) -> Result<Position, Box<dyn Error>> {
+async fn last_position(store: &PgStore) -> Result<Position, Box<dyn Error + Send + Sync>> {
     let mut after = Position::START;
     loop {
-        let page = store.read_all(after, 10_000).await?;
+        let page = store.read_all(LogScope::AllTenants, after, 10_000).await?;
         match page.last() {
             Some(last) => after = last.position,
             None => return Ok(after),
@@ -259,7 +263,7 @@ async fn breakdown(
     store: &PgStore,
     batch_size: usize,
     events: usize,
-) -> Result<(), Box<dyn Error>> {
+) -> Result<(), Box<dyn Error + Send + Sync>> {
     let per_event = |elapsed: Duration| elapsed.as_secs_f64() * 1e6 / events as f64;
 
     let started = Instant::now();
@@ -267,7 +271,9 @@ async fn breakdown(
     let mut after = Position::START;
     let mut pages = 0;
     loop {
-        let page = store.read_all(after, batch_size).await?;
+        let page = store
+            .read_all(LogScope::AllTenants, after, batch_size)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         pages += 1;
@@ -301,15 +307,15 @@ async fn breakdown(
     sqlx::query(&format!("CREATE SCHEMA {SCHEMA}_copy"))
         .execute(store.pool())
         .await?;
-    copy.create_table_postgres(store.pool()).await?;
+    copy.create_table(store).await?;
     let mut handler = copy.clone();
     let started = Instant::now();
     for (events, envelopes) in decoded.chunks(batch_size).zip(log.chunks(batch_size)) {
-        let mut transaction = store.begin().await?;
+        let mut transaction = store.begin(LogScope::AllTenants).await?;
         for (event, envelope) in events.iter().zip(envelopes) {
             Projection::<PgStore>::handle(&mut handler, &mut transaction, event, envelope)
                 .await
-                .map_err(|error| -> Box<dyn Error> { error })?;
+                .map_err(|error| -> Box<dyn Error + Send + Sync> { error })?;
         }
         store.commit(transaction).await?;
     }

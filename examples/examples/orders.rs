@@ -1,7 +1,7 @@
-//! Seed 000's order flow, end to end, on a SQLite file with no set-up: commands and the events
-//! they record (with versions and metadata), a rejected payment, a cancellation, time travel, an
-//! old version 1 event loading through its upcaster, the order list read model, and the
-//! exported event schemas.
+//! The order flow, end to end, on a SQLite file with no set-up: commands and the events they
+//! record (with versions and metadata), a rejected payment, a cancellation, time travel, an old
+//! version 1 event loading through its upcaster, the order list read model, and the exported
+//! event schemas.
 //!
 //! ```sh
 //! cargo run --example orders                 # SQLite file examples/out/orders.db
@@ -12,43 +12,45 @@ use std::error::Error;
 use std::path::PathBuf;
 
 use chrono::Utc;
-use es_core::projection::{Projection, ProjectionRunner, ProjectionStore};
+use es_core::projection::ProjectionRunner;
 use es_core::schema::SchemaSet;
+use es_core::sql::SqlStore;
 use es_core::{
-    CommandContext, ExecuteError, ExpectedVersion, NewEvent, Position, RawJson, Repository,
+    CommandContext, DEFAULT_TENANT, ExecuteError, ExpectedVersion, LogScope, NewEvent, Position,
+    RawJson, Repository, StreamKey,
 };
 use es_examples::order::{
     Address, CancelOrder, ConfirmOrder, CreateOrder, Order, OrderCreatedV1, OrderItem,
     ProcessPayment, ReserveInventory, total_of,
 };
 use es_examples::order_list::{OrderList, OrderRow};
-use es_postgres::PgStore;
+use es_postgres::{PgOptions, PgStore};
 use es_sqlite::SqliteStore;
 
 /// The PostgreSQL schema the example owns (dropped and recreated on every run).
 const PG_SCHEMA: &str = "es_orders_example";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out");
     std::fs::create_dir_all(&out)?;
     let rows = match std::env::args().nth(1).as_deref() {
         Some("--postgres") => {
             let url = std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-            println!("es: seed 000's orders on PostgreSQL, schema `{PG_SCHEMA}`\n");
-            let store = PgStore::connect(&url)
+            println!("es: the order service's flow on PostgreSQL, schema `{PG_SCHEMA}`\n");
+            // Opened without migrating first: the example starts from an empty schema.
+            let options = PgOptions::new().schema(PG_SCHEMA)?.migrate(false);
+            let store = PgStore::connect_with(&url, options)
                 .await
                 .map_err(|e| format!("{e}\n(start a server or set DATABASE_URL)"))?;
             sqlx::query(&format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
                 .execute(store.pool())
                 .await?;
-            let store = store.with_schema(PG_SCHEMA)?;
             store.migrate().await?;
             let list = OrderList::in_schema(PG_SCHEMA);
-            list.create_table_postgres(store.pool()).await?;
             let store = run(store, list.clone()).await?;
-            list.rows_postgres(store.pool()).await?
+            list.rows(&store, DEFAULT_TENANT, 100).await?
         }
         Some(other) => {
             return Err(
@@ -60,12 +62,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
             for file in ["orders.db", "orders.db-wal", "orders.db-shm"] {
                 let _ = std::fs::remove_file(out.join(file));
             }
-            println!("es: seed 000's orders on SQLite, {}\n", path.display());
+            println!(
+                "es: the order service's flow on SQLite, {}\n",
+                path.display()
+            );
             let store = SqliteStore::open(&path).await?;
             let list = OrderList::new();
-            list.create_table_sqlite(store.pool()).await?;
             let store = run(store, list.clone()).await?;
-            list.rows_sqlite(store.pool()).await?
+            list.rows(&store, DEFAULT_TENANT, 100).await?
         }
     };
     print_order_list(&rows);
@@ -81,31 +85,25 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("\nNext:");
     println!("  cargo test --test order_rules     the order rules as given/when/then tests");
     println!(
-        "  cargo run --example catalog       seed 001's products, with a v1 -> v2 event upgrade"
+        "  cargo run --example catalog       a product catalog, with a v1 -> v2 event upgrade"
     );
+    println!("  cargo run --example web           the order service over HTTP");
     println!("  add a variant to OrderEvent       and see the compiler ask for its apply logic");
     Ok(())
 }
 
-/// The whole flow on any store; returns the store for the caller's read-model query.
-async fn run<S>(store: S, list: OrderList) -> Result<S, Box<dyn Error>>
-where
-    S: ProjectionStore,
-    OrderList: Projection<S>,
-{
+/// The whole flow on any SQL store; returns the store for the caller's read-model query.
+async fn run<S: SqlStore>(store: S, list: OrderList) -> Result<S, Box<dyn Error + Send + Sync>> {
+    list.create_table(&store).await?;
     let orders = Repository::<Order, _>::new(store.clone());
     // One correlation id per order's conversation; each command is the causation of its events.
-    let ctx = |correlation: uuid::Uuid| {
+    let ctx = |correlation: &str| {
         CommandContext::new()
             .with_actor("user-7")
             .with_source("orders-example")
             .with_correlation_id(correlation)
     };
-    let (alice, bob, carol) = (
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-    );
+    let (alice, bob, carol) = ("req-alice", "req-bob", "req-carol");
     let address = Address {
         street: "1-2-3 Shibuya".into(),
         city: "Tokyo".into(),
@@ -190,10 +188,13 @@ where
     );
 
     println!("\n== the global event log, with metadata ==");
-    for event in store.read_all(Position::START, 100).await? {
+    for event in store
+        .read_all(LogScope::AllTenants, Position::START, 100)
+        .await?
+    {
         let metadata = event.metadata()?;
-        let short = |id: Option<uuid::Uuid>| {
-            id.map(|id| id.to_string()[..8].to_owned())
+        let short = |id: Option<String>| {
+            id.map(|id| id.chars().take(9).collect::<String>())
                 .unwrap_or_default()
         };
         println!(
@@ -229,10 +230,14 @@ where
         event_type: "OrderCreated".into(),
         schema_version: 1,
         payload: RawJson::encode(&v1)?,
-        metadata: RawJson::encode(&ctx(uuid::Uuid::new_v4()).metadata())?,
+        metadata: RawJson::encode(&ctx("req-dave").metadata())?,
     };
     store
-        .append("order", "order-4", ExpectedVersion::NoStream, vec![old])
+        .append(
+            StreamKey::new("order", "order-4"),
+            ExpectedVersion::NoStream,
+            vec![old],
+        )
         .await?;
     let upcast = orders.load("order-4").await?;
     println!(

@@ -47,7 +47,7 @@ use crate::order_list::OrderList;
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the handlers share.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AppState {
     /// The order repositories of every tenant: a handler reaches one only by naming a tenant.
     pub orders: TenantRepositories<Order, DynStore>,
@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The order repository of the request's tenant (`X-Tenant`), and the command context of its
 /// headers.
+#[derive(Debug)]
 pub struct Scoped {
     orders: Repository<Order, DynStore>,
     context: CommandContext,
