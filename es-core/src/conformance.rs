@@ -242,7 +242,8 @@ pub async fn expected_exact<S: EventStore>(store: S) {
     );
 }
 
-/// Re-sending a written batch reports it as already appended and writes nothing (P8).
+/// Re-sending a written batch reports it as already appended and writes nothing (idempotent
+/// append).
 pub async fn idempotent_resend<S: EventStore>(store: S) {
     let batch = events(1, 3);
     let first = append(&store, "s", ExpectedVersion::NoStream, batch.clone()).await;
@@ -330,7 +331,7 @@ pub async fn invalid_batches<S: EventStore>(store: S) {
     assert_eq!(store.stream_version(key("s")).await.unwrap(), None);
 }
 
-/// Stream reads start at a version and stop at a version or a time (P13).
+/// Stream reads start at a version and stop at a version or a time (time travel).
 pub async fn read_ranges<S: EventStore>(store: S) {
     append(&store, "s", ExpectedVersion::NoStream, events(1, 5)).await;
     let from_three: Vec<u64> = read(&store, "s", 3, Until::End)
@@ -367,7 +368,8 @@ pub async fn read_ranges<S: EventStore>(store: S) {
     );
 }
 
-/// A long stream reads completely and in order through the stream interface (P11).
+/// A long stream reads completely and in order through the stream interface, without holding
+/// it all in memory.
 pub async fn long_stream<S: EventStore>(store: S) {
     for chunk in 0..10 {
         append(

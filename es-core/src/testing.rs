@@ -1,4 +1,4 @@
-//! Given/when/then tests for aggregates (P18), run on the pure decide and apply logic.
+//! Given/when/then tests for aggregates, run on the pure decide and apply logic.
 //!
 //! ```
 //! # use es_core::{Aggregate, Apply, Event, Handle};

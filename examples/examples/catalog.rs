@@ -1,6 +1,6 @@
-//! Seed 001's product catalog on a SQLite file: products are created and re-priced (a price of
+//! The product catalog on a SQLite file: products are created and re-priced (a price of
 //! zero is rejected), and products stored before `ProductCreated` gained its SKU (schema
-//! version 1) load as version 2 with the SKU the seed's upgrade derives.
+//! version 1) load as version 2 with the SKU the upgrade derives.
 //!
 //! ```sh
 //! cargo run --example catalog
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let _ = std::fs::remove_file(out.join(file));
     }
     let path = out.join("catalog.db");
-    println!("es: seed 001's catalog on SQLite, {}\n", path.display());
+    println!("es: the product catalog on SQLite, {}\n", path.display());
     let store = SqliteStore::open(&path).await?;
     let products = Repository::<Product, _>::new(store.clone());
     let ctx = || {

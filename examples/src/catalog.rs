@@ -1,6 +1,6 @@
-//! Seed 001's product catalog: a product is created with a name, price and category, and its
+//! The product catalog: a product is created with a name, price and category, and its
 //! price is updated (never to zero or below). `ProductCreated` evolved: version 1 had no SKU,
-//! version 2 carries one derived from the name and category, exactly the seed's upgrade, so
+//! version 2 carries one derived from the name and category, exactly as the catalog's original upgrade did, so
 //! stored version 1 events keep loading as version 2.
 
 use chrono::{DateTime, Utc};
@@ -43,7 +43,7 @@ pub struct ProductCreatedV1 {
     pub created_at: DateTime<Utc>,
 }
 
-/// The seed's `generate_sku`: the category and the name, upper-cased, with every run of
+/// The SKU of the upgrade: the category and the name, upper-cased, with every run of
 /// characters other than letters and digits turned into one `-`. Pure, so upcasting a stored
 /// event always yields the same SKU.
 pub fn generate_sku(name: &str, category_id: &str) -> String {
@@ -96,7 +96,7 @@ pub enum ProductEvent {
     ProductCreated(ProductCreated),
     /// See [`PriceUpdated`].
     PriceUpdated(PriceUpdated),
-    /// The product left the catalog (the seed's `ProductDeleted`); no data.
+    /// The product left the catalog (`ProductDeleted`); no data.
     ProductDeleted,
 }
 
@@ -112,7 +112,7 @@ pub enum ProductStatus {
     Deleted,
 }
 
-/// The product aggregate (seed 001's `Product`).
+/// The product aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Aggregate)]
 #[aggregate(name = "product", event = ProductEvent, snapshot_every = 100)]
 pub struct Product {
@@ -165,7 +165,7 @@ pub enum ProductError {
     /// The product was deleted.
     #[error("product was deleted")]
     Deleted,
-    /// Prices are positive (the seed's `:invalid_price`).
+    /// Prices are positive (`invalid_price`).
     #[error("invalid price {0}: prices must be positive")]
     InvalidPrice(Cents),
     /// A name is required.

@@ -1,4 +1,4 @@
-//! Seed 000's order: created with items, inventory reserved, payment that must match the total,
+//! The order: created with items, inventory reserved, payment that must match the total,
 //! confirmed, or cancelled before confirmation.
 
 use chrono::{DateTime, Utc};
