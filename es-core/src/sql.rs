@@ -40,7 +40,8 @@
 //! [`DynStore`](crate::DynStore) made from one of them, so a read model written against
 //! `SqlStore` (or against `DynStore`) runs on whichever the service picks at start-up. Keep to
 //! the SQL both understand (`INSERT ... ON CONFLICT ... DO UPDATE`, `$n` parameters); where they
-//! differ (column types in `CREATE TABLE`), ask [`SqlStore::dialect`].
+//! differ (column types in `CREATE TABLE`), ask [`SqlStore::dialect`]. Create a read model's
+//! table once at start-up with [`SqlStore::run`] (`CREATE TABLE IF NOT EXISTS ...`).
 
 use std::future::Future;
 
@@ -171,4 +172,19 @@ pub trait SqlStore: ProjectionStore {
         statement: &str,
         params: &[SqlValue],
     ) -> impl Future<Output = Result<Vec<SqlRow>, StoreError>> + Send;
+
+    /// Runs one statement in a transaction of its own, outside any projection: creating a read
+    /// model's table, say. Returns how many rows it changed.
+    fn run(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut transaction = self.begin(crate::LogScope::AllTenants).await?;
+            let changed = Self::execute(&mut transaction, statement, params).await?;
+            self.commit(transaction).await?;
+            Ok(changed)
+        }
+    }
 }

@@ -83,9 +83,7 @@ impl OrderList {
             )",
             self.table
         );
-        let mut transaction = store.begin(es_core::LogScope::AllTenants).await?;
-        S::execute(&mut transaction, &statement, &[]).await?;
-        store.commit(transaction).await
+        store.run(&statement, &[]).await.map(drop)
     }
 
     /// A tenant's orders, newest first, at most `limit`.

@@ -27,9 +27,7 @@ async fn create_table<S: SqlStore>(store: &S, table: &str) {
          paid BOOLEAN NOT NULL, at {} NOT NULL, note TEXT)",
         store.dialect().timestamp_type()
     );
-    let mut transaction = store.begin(LogScope::AllTenants).await.unwrap();
-    S::execute(&mut transaction, &statement, &[]).await.unwrap();
-    store.commit(transaction).await.unwrap();
+    store.run(&statement, &[]).await.unwrap();
 }
 
 fn table() -> String {
