@@ -854,16 +854,30 @@ pub async fn read_all_by_tenant<S: EventStore>(store: S) {
     );
 }
 
-/// An event is found by its id, with its whole envelope; an unknown id finds nothing.
+/// An event is found by its id, with its whole envelope, in every tenant's scope and its own, not
+/// in another tenant's; an unknown id finds nothing.
 pub async fn events_are_found_by_id<S: EventStore>(store: S) {
     let stream = StreamKey::new(STREAM_TYPE, "s").in_tenant("acme");
     append_to(&store, stream, ExpectedVersion::NoStream, events(1, 3)).await;
     let stored = read_key(&store, stream, 1, Until::End).await;
     for event in &stored {
-        let found = store.find_event(event.event_id).await.unwrap();
-        assert_eq!(found.as_ref(), Some(event));
+        for scope in [LogScope::AllTenants, LogScope::Tenant("acme")] {
+            let found = store.find_event(scope, event.event_id).await.unwrap();
+            assert_eq!(found.as_ref(), Some(event), "found in {scope}");
+        }
+        let elsewhere = store
+            .find_event(LogScope::Tenant("globex"), event.event_id)
+            .await
+            .unwrap();
+        assert_eq!(elsewhere, None, "another tenant does not find it");
     }
-    assert_eq!(store.find_event(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_event(LogScope::AllTenants, Uuid::new_v4())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 fn broken_rule(result: Result<AppendOutcome, StoreError>, what: &str) -> (InputRule, String) {

@@ -169,10 +169,11 @@ trait Erased: Send + Sync + 'static {
         after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
-    fn find_event(
-        &self,
+    fn find_event<'a>(
+        &'a self,
+        scope: LogScope<'a>,
         event_id: Uuid,
-    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<RecordedEvent>, StoreError>>;
     fn save_snapshot<'a>(&'a self, snapshot: &'a Snapshot)
     -> BoxFuture<'a, Result<(), StoreError>>;
     fn load_snapshot<'a>(
@@ -395,11 +396,12 @@ where
         Box::pin(self.store.read_all(scope, after, limit))
     }
 
-    fn find_event(
-        &self,
+    fn find_event<'a>(
+        &'a self,
+        scope: LogScope<'a>,
         event_id: Uuid,
-    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
-        Box::pin(self.store.find_event(event_id))
+    ) -> BoxFuture<'a, Result<Option<RecordedEvent>, StoreError>> {
+        Box::pin(self.store.find_event(scope, event_id))
     }
 
     fn save_snapshot<'a>(
@@ -662,8 +664,12 @@ impl EventStore for DynStore {
         self.inner.read_all(scope, after, limit).await
     }
 
-    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        self.inner.find_event(event_id).await
+    async fn find_event(
+        &self,
+        scope: LogScope<'_>,
+        event_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        self.inner.find_event(scope, event_id).await
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {

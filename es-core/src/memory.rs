@@ -278,12 +278,18 @@ impl EventStore for MemoryStore {
             .collect())
     }
 
-    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+    async fn find_event(
+        &self,
+        scope: LogScope<'_>,
+        event_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
         let inner = self.read();
         Ok(inner
             .event_ids
             .get(&event_id)
-            .map(|&index| inner.log[index].clone()))
+            .map(|&index| &inner.log[index])
+            .filter(|event| scope.includes(&event.tenant))
+            .cloned())
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {

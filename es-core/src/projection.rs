@@ -781,7 +781,7 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             .ok_or_else(not_parked)?;
         let event = self
             .store
-            .find_event(letter.event_id)
+            .find_event(self.scope(), letter.event_id)
             .await
             .map_err(|e| self.store_error(e))?
             .filter(|event| event.position == position)

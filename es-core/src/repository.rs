@@ -22,7 +22,7 @@ use crate::store::{
     AppendOutcome, AppendedRange, EventStore, ExpectedVersion, ReplayedEvent, Snapshot, StoreError,
     Until,
 };
-use crate::stream::{StreamKey, StreamKeyBuf, Tenant};
+use crate::stream::{LogScope, StreamKey, StreamKeyBuf, Tenant};
 
 use self::cache::StateCache;
 use self::gate::Gates;
@@ -953,7 +953,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let first = ids.id(0);
         let Some(found) = self
             .store
-            .find_event(first)
+            .find_event(LogScope::Tenant(stream.tenant), first)
             .await
             .map_err(ExecuteError::Store)?
         else {

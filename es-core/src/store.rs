@@ -363,9 +363,11 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
-    /// The event with this id, in whichever stream and tenant it is.
+    /// The event with this id, wherever it is in `scope`: every tenant's streams, or one
+    /// tenant's (an event of another tenant is not found).
     fn find_event(
         &self,
+        scope: LogScope<'_>,
         event_id: Uuid,
     ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
 

@@ -434,14 +434,18 @@ async fn read_all_once(
 
 pub(crate) async fn find_event(
     store: &PgStore,
+    scope: LogScope<'_>,
     event_id: Uuid,
 ) -> Result<Option<RecordedEvent>, StoreError> {
     let error = |e| store_error(format!("find event {event_id}"), e);
+    let mut session = store.scope_session(scope).await.map_err(error)?;
     let row = sqlx::query(&store.inner.sql.find_event)
         .bind(event_id)
-        .fetch_optional(&store.inner.pool)
+        .bind(scope.tenant())
+        .fetch_optional(session.connection())
         .await
         .map_err(error)?;
+    session.finish().await.map_err(error)?;
     row.map(|row| decode_event(&row, &event_id)).transpose()
 }
 

@@ -102,7 +102,10 @@ impl Sql {
                     ORDER BY e.transaction_id, e.position LIMIT 1) IS NOT NULL",
                 3,
             ),
-            find_event: format!("SELECT {EVENT_COLUMNS} FROM {schema}.events WHERE event_id = $1"),
+            find_event: format!(
+                "SELECT {EVENT_COLUMNS} FROM {schema}.events \
+                 WHERE event_id = $1 AND ($2::text IS NULL OR tenant = $2)"
+            ),
             save_snapshot: s("INSERT INTO {schema}.snapshots AS saved \
                    (tenant, stream_type, stream_id, stream_version, state_version, state, taken_at) \
                  VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) \

@@ -333,8 +333,12 @@ impl EventStore for PgStore {
         crate::read::read_all(self, scope, after, limit).await
     }
 
-    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        crate::read::find_event(self, event_id).await
+    async fn find_event(
+        &self,
+        scope: LogScope<'_>,
+        event_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        crate::read::find_event(self, scope, event_id).await
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {

@@ -337,7 +337,12 @@ async fn the_application_role_reaches_one_tenant_per_transaction_through_the_sto
                 .unwrap(),
             0
         );
-        assert_eq!(app.find_event(b_ids[0]).await.unwrap(), None);
+        assert_eq!(
+            app.find_event(LogScope::AllTenants, b_ids[0])
+                .await
+                .unwrap(),
+            None
+        );
 
         // An id of B's reused in A's stream: refused without naming B's stream.
         let mut reused = events(20, 1);
@@ -540,7 +545,11 @@ async fn the_owner_is_bound_and_the_relay_role_sees_every_tenant() {
                 .unwrap(),
             5
         );
-        let found = relay.find_event(b_ids[0]).await.unwrap().expect("found");
+        let found = relay
+            .find_event(es_core::LogScope::AllTenants, b_ids[0])
+            .await
+            .unwrap()
+            .expect("found");
         assert_eq!(found.tenant, "tenant_b");
         let mut runner = ProjectionRunner::new(relay.clone(), Counted::default());
         let reached = runner

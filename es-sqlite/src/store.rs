@@ -49,8 +49,11 @@ pub(crate) const STORED_BATCH: &str = "SELECT event_id, stream_version, position
      WHERE position BETWEEN ?1 AND ?1 + ?2 AND transaction_id = ?1 ORDER BY position";
 
 /// The event with id `?1`.
-pub(crate) static FIND_EVENT: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ?1"));
+pub(crate) static FIND_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ?1 AND (?2 IS NULL OR tenant = ?2)"
+    )
+});
 
 /// A stream's snapshot: `?1` tenant, `?2` stream type, `?3` stream id.
 pub(crate) const LOAD_SNAPSHOT: &str = "SELECT tenant, stream_type, stream_id, stream_version, \
@@ -863,9 +866,14 @@ impl EventStore for SqliteStore {
         Ok(events)
     }
 
-    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+    async fn find_event(
+        &self,
+        scope: LogScope<'_>,
+        event_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
         let row = sqlx::query(&FIND_EVENT)
             .bind(event_id.to_string())
+            .bind(scope.tenant())
             .fetch_optional(&self.pool)
             .await
             .map_err(|error| store_error(format!("find event {event_id}"), error))?;

@@ -228,7 +228,7 @@ async fn a_database_of_the_first_schema_keeps_every_row_under_the_default_tenant
         "the default tenant's log is the whole log"
     );
     let found = store
-        .find_event(log[3].event_id)
+        .find_event(es_core::LogScope::AllTenants, log[3].event_id)
         .await
         .unwrap()
         .expect("found by id");

@@ -116,9 +116,10 @@ impl EventStore for TempStore {
 
     fn find_event(
         &self,
+        scope: es_core::LogScope<'_>,
         event_id: Uuid,
     ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send {
-        self.store.find_event(event_id)
+        self.store.find_event(scope, event_id)
     }
 
     fn save_snapshot(
