@@ -6,12 +6,12 @@ mod common;
 
 use std::borrow::Cow;
 
-use common::{Account, Deposit};
 use es_core::conformance::events;
 use es_core::projection::ProjectionStore;
 use es_core::{
     CommandContext, EventStore, ExpectedVersion, LogScope, Position, Repository, StreamKey, Until,
 };
+use es_examples::bank::{Account, Deposit};
 use es_postgres::{PgError, PgStore, testing};
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgPool;

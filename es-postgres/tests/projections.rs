@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Account, AccountEvent, Deposit, Open};
 use es_core::projection::ProjectionRunner;
 use es_core::projection::{HandlerError, Projection, ProjectionError, ProjectionStore};
 use es_core::{
     Aggregate, CommandContext, EventStore, ExpectedVersion, LogScope, NewEvent, Position,
     RecordedEvent, Repository, StoreError, StreamKey, Tenant,
 };
+use es_examples::bank::{Account, AccountEvent, Deposit, Open};
 use es_postgres::sqlx::{self, Postgres};
 use es_postgres::{PgStore, testing};
 
@@ -81,8 +81,9 @@ impl Projection<PgStore> for Ledger {
     ) -> Result<(), HandlerError> {
         self.calls.lock().unwrap().push(envelope.position);
         let amount = match event {
-            AccountEvent::Opened(_) => 0,
+            AccountEvent::Opened(_) | AccountEvent::Closed => 0,
             AccountEvent::Deposited(deposited) => deposited.amount,
+            AccountEvent::Withdrawn(withdrawn) => -withdrawn.amount,
         };
         sqlx::query(&format!(
             "INSERT INTO {} AS l VALUES ($1, $2, $3, 1, $4) \

@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{Account, Deposit, Open, raw_insert_row};
+use common::raw_insert_row;
 use es_core::contract::{Field, InputRule};
 use es_core::{
     Aggregate, CommandContext, DecodeError, EventStore, ExpectedVersion, LoadError, LogScope,
     NewEvent, Position, RawJson, Repository, StoreError, StreamKey,
 };
+use es_examples::bank::{Account, Deposit, Open};
 use es_postgres::{PgStore, testing};
 use uuid::Uuid;
 

@@ -6,11 +6,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::bank::Account;
 use common::{TempDir, TempStore, account, raw};
 use es_core::{
     EventStore, ExpectedVersion, LoadError, LogScope, Position, Repository, StoreError, Until,
 };
+use es_examples::bank::Account;
 use es_sqlite::{OpenError, SqliteOptions, SqliteStore};
 use futures_util::TryStreamExt;
 use sqlx::sqlite::SqlitePoolOptions;

@@ -6,13 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::bank::{Account, Deposit};
 use common::{TempDir, account};
 use es_core::projection::ProjectionStore;
 use es_core::{
     CommandContext, DEFAULT_TENANT, EventStore, ExpectedVersion, LogScope, Position, Repository,
     StartedFrom, StreamKey, Until,
 };
+use es_examples::bank::{Account, Deposit};
 use es_sqlite::SqliteStore;
 use futures_util::TryStreamExt;
 use sqlx::Row;

@@ -7,10 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::bank::AccountEvent;
 use common::{TempStore, account, raw};
 use es_core::projection::{HandlerError, Projection, ProjectionRunner, ProjectionStore};
 use es_core::{EventStore, ExpectedVersion, LogScope, Position, RecordedEvent, StoreError};
+use es_examples::bank::AccountEvent;
 use es_sqlite::{SqliteOptions, SqliteStore};
 use sqlx::Sqlite;
 

@@ -7,12 +7,12 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::bank::{Account, Deposit, Open};
 use common::{TempStore, account, numbers, raw, whole_log};
 use es_core::{
     AppendOutcome, CommandContext, EventStore, ExpectedVersion, LoadError, LogScope, Position,
     RecordedEvent, Repository, StoreError, Until,
 };
+use es_examples::bank::{Account, Deposit, Open};
 use es_sqlite::SqliteOptions;
 use futures_util::TryStreamExt;
 

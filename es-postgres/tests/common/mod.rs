@@ -1,103 +1,15 @@
-//! Helpers shared by the test files: a small aggregate, raw SQL on a store's tables (to play
-//! writers the store does not control), and a small seeded random generator.
+//! Helpers shared by the test files: raw SQL on a store's tables (to play writers the store does
+//! not control), and a small seeded random generator. The aggregate of the tests is the
+//! examples' bank account (`es_examples::bank`).
 
 #![allow(dead_code)] // Each test file uses its own part.
 
 use std::time::Duration;
 
-use es_core::{Apply, Handle, StreamKey};
+use es_core::StreamKey;
 use es_postgres::PgStore;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// The account was opened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub(crate) struct Opened {
-    pub(crate) owner: String,
-}
-
-/// Money came in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub(crate) struct Deposited {
-    pub(crate) amount: i64,
-}
-
-/// The events of an [`Account`].
-#[derive(Debug, Clone, PartialEq, Eq, es_core::Event)]
-pub(crate) enum AccountEvent {
-    Opened(Opened),
-    Deposited(Deposited),
-}
-
-/// A bank account: the aggregate of the repository tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, es_core::Aggregate)]
-#[aggregate(name = "account", event = AccountEvent)]
-pub(crate) struct Account {
-    pub(crate) open: bool,
-    pub(crate) owner: String,
-    pub(crate) balance: i64,
-    pub(crate) movements: u64,
-}
-
-impl Apply<Opened> for Account {
-    fn apply(&mut self, event: &Opened) {
-        self.open = true;
-        self.owner.clone_from(&event.owner);
-    }
-}
-
-impl Apply<Deposited> for Account {
-    fn apply(&mut self, event: &Deposited) {
-        self.balance += event.amount;
-        self.movements += 1;
-    }
-}
-
-/// Why an account command was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum AccountError {
-    #[error("account already opened")]
-    AlreadyOpen,
-    #[error("amount must be positive")]
-    InvalidAmount,
-}
-
-/// Open an account.
-#[derive(Debug, Clone)]
-pub(crate) struct Open {
-    pub(crate) owner: String,
-}
-
-/// Put money in.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deposit(pub(crate) i64);
-
-impl Handle<Open> for Account {
-    type Error = AccountError;
-    const CREATES: bool = true;
-    fn handle(&self, command: &Open) -> Result<Vec<AccountEvent>, AccountError> {
-        if self.open {
-            return Err(AccountError::AlreadyOpen);
-        }
-        Ok(vec![AccountEvent::Opened(Opened {
-            owner: command.owner.clone(),
-        })])
-    }
-}
-
-impl Handle<Deposit> for Account {
-    type Error = AccountError;
-    fn handle(&self, command: &Deposit) -> Result<Vec<AccountEvent>, AccountError> {
-        if command.0 <= 0 {
-            return Err(AccountError::InvalidAmount);
-        }
-        Ok(vec![AccountEvent::Deposited(Deposited {
-            amount: command.0,
-        })])
-    }
-}
 
 /// Inserts one event row by hand, as a writer in `connection`'s transaction would, bypassing the
 /// store: the row gets the writing transaction's id and the next position like any other.

@@ -3,8 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod bank;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
