@@ -1,10 +1,11 @@
-//! Seed 001's product rules as given/when/then tests, and its v1 -> v2 `ProductCreated`
-//! upgrade: a stored v1 event loads as v2 with the SKU the seed's `generate_sku` derives.
+//! The catalog's product rules as given/when/then tests, and the v1 -> v2 `ProductCreated`
+//! upgrade: a stored v1 event loads as v2 with the SKU `generate_sku` derives.
 
 use chrono::{DateTime, TimeZone, Utc};
 use es_core::testing::{given, given_no_events};
 use es_core::{
-    CommandContext, EventStore, ExpectedVersion, MemoryStore, NewEvent, RawJson, Repository,
+    Aggregate, CommandContext, EventStore, ExpectedVersion, MemoryStore, NewEvent, RawJson,
+    Repository, StreamKey,
 };
 use es_examples::catalog::*;
 
@@ -151,7 +152,11 @@ async fn a_stored_version_1_product_loads_as_version_2_with_a_derived_sku() {
         metadata: RawJson::empty_object(),
     };
     store
-        .append("product", "p-9", ExpectedVersion::NoStream, vec![stored])
+        .append(
+            StreamKey::new(Product::NAME, "p-9"),
+            ExpectedVersion::NoStream,
+            vec![stored],
+        )
         .await
         .unwrap();
     let products = Repository::<Product, _>::new(store);

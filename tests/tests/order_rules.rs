@@ -1,4 +1,4 @@
-//! Every rule of seed 000's order, as given/when/then tests on the pure decide logic.
+//! Every rule of the order example, as given/when/then tests on the pure decide logic.
 
 use chrono::{DateTime, TimeZone, Utc};
 use es_core::testing::{given, given_no_events};

@@ -2,115 +2,49 @@
 //! repository decides without reading the stream, yet every command and every load has the
 //! outcome it would have without the cache, whatever other writers do.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use es_core::{
-    AppendOutcome, Apply, CommandContext, EventStore, EventStream, ExpectedVersion, Handle,
-    NewEvent, Position, RecordedEvent, ReplayedEvent, Repository, Snapshot, StoreError, Until,
+    Aggregate, Apply, CommandContext, EventStore, ExecuteError, Handle, LoadError, Loaded,
+    Repository, StartedFrom, StreamKey,
 };
 use es_examples::bank::{Account, AccountError, Close, Deposit, Open, Withdraw};
-use futures_util::TryStreamExt;
+use es_tests::{Hooked, Hooks};
 use proptest::prelude::*;
 
-/// A store that records every stream read (`(stream, from_version)`), to see what a command or
-/// a load read.
-#[derive(Debug, Clone)]
-struct Counted<S> {
-    inner: S,
-    reads: Arc<Mutex<Vec<(String, u64)>>>,
-}
+/// Records every stream read (`(stream id, from_version)`), to see what a command or a load
+/// read.
+#[derive(Debug, Clone, Default)]
+struct CountReads(Arc<Mutex<Vec<(String, u64)>>>);
 
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            reads: Arc::default(),
-        }
-    }
-
-    /// The reads since the last call.
-    fn take_reads(&self) -> Vec<(String, u64)> {
-        std::mem::take(&mut *self.reads.lock().unwrap())
-    }
-
-    fn record(&self, stream_id: &str, from_version: u64) {
-        self.reads
+impl<S: EventStore> Hooks<S> for CountReads {
+    fn on_read(&self, stream: StreamKey<'_>, from_version: u64) {
+        self.0
             .lock()
             .unwrap()
-            .push((stream_id.to_owned(), from_version));
+            .push((stream.id.to_owned(), from_version));
     }
+}
+
+/// A store whose stream reads are counted.
+type Counted<S> = Hooked<S, CountReads>;
+
+fn counted<S: EventStore>(store: S) -> Counted<S> {
+    Hooked::new(store, CountReads::default())
+}
+
+/// The reads since the last call.
+fn take_reads<S>(store: &Counted<S>) -> Vec<(String, u64)> {
+    std::mem::take(&mut *store.hooks.0.lock().unwrap())
 }
 
 fn read(stream_id: &str, from_version: u64) -> (String, u64) {
     (stream_id.to_owned(), from_version)
 }
 
-impl<S: EventStore> EventStore for Counted<S> {
-    fn append(
-        &self,
-        stream_type: &str,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send {
-        self.inner.append(stream_type, stream_id, expected, events)
-    }
-
-    fn read_stream<'a>(
-        &'a self,
-        stream_id: &'a str,
-        from_version: u64,
-        until: Until,
-    ) -> EventStream<'a> {
-        self.record(stream_id, from_version);
-        self.inner.read_stream(stream_id, from_version, until)
-    }
-
-    fn replay_stream<E, F>(
-        &self,
-        stream_id: &str,
-        from_version: u64,
-        until: Until,
-        visit: F,
-    ) -> impl Future<Output = Result<u64, E>> + Send
-    where
-        E: From<StoreError> + Send,
-        F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
-    {
-        self.record(stream_id, from_version);
-        self.inner
-            .replay_stream(stream_id, from_version, until, visit)
-    }
-
-    fn stream_version(
-        &self,
-        stream_id: &str,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
-        self.inner.stream_version(stream_id)
-    }
-
-    fn read_all(
-        &self,
-        after: Position,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        self.inner.read_all(after, limit)
-    }
-
-    fn save_snapshot(
-        &self,
-        snapshot: &Snapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.save_snapshot(snapshot)
-    }
-
-    fn load_snapshot(
-        &self,
-        stream_id: &str,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        self.inner.load_snapshot(stream_id)
-    }
+/// A load's state and version, without where it started from (which is what a cache changes).
+fn state_and_version<A>(loaded: Loaded<A>) -> (A, u64) {
+    (loaded.state, loaded.version)
 }
 
 /// A light whose switch commands do nothing when it is already as asked.
@@ -144,6 +78,7 @@ pub struct Switch(bool);
 
 impl Handle<Switch> for Light {
     type Error = std::convert::Infallible;
+    const CREATES: bool = true;
     fn handle(&self, command: &Switch) -> Result<Vec<LightEvent>, Self::Error> {
         Ok(match (self.on, command.0) {
             (false, true) => vec![LightEvent::SwitchedOn],
@@ -151,6 +86,14 @@ impl Handle<Switch> for Light {
             _ => Vec::new(),
         })
     }
+}
+
+fn account(id: &str) -> StreamKey<'_> {
+    StreamKey::new(Account::NAME, id)
+}
+
+fn light(id: &str) -> StreamKey<'_> {
+    StreamKey::new(Light::NAME, id)
 }
 
 fn ctx() -> CommandContext {
@@ -176,7 +119,7 @@ async fn deposit_one<S: EventStore>(accounts: &Repository<Account, S>, id: &str)
 /// are read, the command is decided again and goes through, and that first conflict costs no
 /// retry (the repository allows none here).
 async fn a_stale_cached_state_catches_up_with_another_writer<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone())
         .with_cache(8)
         .with_max_retries(0);
@@ -185,7 +128,7 @@ async fn a_stale_cached_state_catches_up_with_another_writer<S: EventStore>(stor
     cached.execute("acc", &Deposit(100), &ctx()).await.unwrap();
     other.execute("acc", &Deposit(50), &ctx()).await.unwrap();
     other.execute("acc", &Deposit(25), &ctx()).await.unwrap();
-    store.take_reads();
+    take_reads(&store);
 
     let done = cached.execute("acc", &Deposit(10), &ctx()).await.unwrap();
     assert_eq!(
@@ -194,7 +137,7 @@ async fn a_stale_cached_state_catches_up_with_another_writer<S: EventStore>(stor
     );
     assert_eq!(done.conflicts, 0, "a stale cached state is not a race");
     assert_eq!(
-        store.take_reads(),
+        take_reads(&store),
         [read("acc", 3)],
         "only the events after the cached version 2 were read"
     );
@@ -202,41 +145,41 @@ async fn a_stale_cached_state_catches_up_with_another_writer<S: EventStore>(stor
     let next = cached.execute("acc", &Withdraw(85), &ctx()).await.unwrap();
     assert_eq!((next.version, next.state.balance), (6, 100));
     assert!(
-        store.take_reads().is_empty(),
+        take_reads(&store).is_empty(),
         "the caught-up state was cached"
     );
     assert_eq!(
-        cached.load("acc").await.unwrap(),
-        other.load("acc").await.unwrap()
+        state_and_version(cached.load("acc").await.unwrap()),
+        state_and_version(other.load("acc").await.unwrap())
     );
 }
 
 /// Rejected on a cached balance of 0 while another writer deposited: the command is decided
 /// again on the caught-up state, and goes through.
 async fn a_rejection_on_a_stale_cached_state_is_decided_again<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(8);
     let other = Repository::<Account, _>::new(store.clone());
     cached.execute("acc", &open(), &ctx()).await.unwrap();
     other.execute("acc", &Deposit(100), &ctx()).await.unwrap();
-    store.take_reads();
+    take_reads(&store);
 
     let done = cached.execute("acc", &Withdraw(60), &ctx()).await.unwrap();
     assert_eq!(
         (done.version, done.state.balance, done.conflicts),
         (3, 40, 0)
     );
-    assert_eq!(store.take_reads(), [read("acc", 2)]);
+    assert_eq!(take_reads(&store), [read("acc", 2)]);
 }
 
 /// Rejected on a cached state that is current: the stream is checked for newer events (none),
 /// the rejection stands, nothing is written, and the entry stays.
 async fn a_rejection_on_a_current_cached_state_stands<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(8);
     cached.execute("acc", &open(), &ctx()).await.unwrap();
     cached.execute("acc", &Deposit(50), &ctx()).await.unwrap();
-    store.take_reads();
+    take_reads(&store);
 
     let error = cached
         .execute("acc", &Withdraw(80), &ctx())
@@ -249,11 +192,11 @@ async fn a_rejection_on_a_current_cached_state_stands<S: EventStore>(store: S) {
             balance: 50
         })
     );
-    assert_eq!(store.take_reads(), [read("acc", 3)]);
-    assert_eq!(store.stream_version("acc").await.unwrap(), Some(2));
+    assert_eq!(take_reads(&store), [read("acc", 3)]);
+    assert_eq!(store.stream_version(account("acc")).await.unwrap(), Some(2));
 
     assert_eq!(deposit_one(&cached, "acc").await, 3);
-    assert!(store.take_reads().is_empty(), "the entry survived");
+    assert!(take_reads(&store).is_empty(), "the entry survived");
 }
 
 /// A command with nothing to do on an assumed state (cached, or empty for `create`) does nothing
@@ -261,7 +204,7 @@ async fn a_rejection_on_a_current_cached_state_stands<S: EventStore>(store: S) {
 async fn nothing_to_do_on_an_assumed_state_stands_only_on_the_current_state<S: EventStore>(
     store: S,
 ) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Light, _>::new(store.clone()).with_cache(8);
     let other = Repository::<Light, _>::new(store.clone());
     cached.execute("l", &Switch(true), &ctx()).await.unwrap();
@@ -281,66 +224,66 @@ async fn nothing_to_do_on_an_assumed_state_stands_only_on_the_current_state<S: E
         (idle.events.len(), idle.version, idle.state.on),
         (0, 4, false)
     );
-    store.take_reads();
+    take_reads(&store);
     // Cached and current: nothing to do stands after one look for newer events.
     let idle = cached.execute("l", &Switch(false), &ctx()).await.unwrap();
     assert_eq!((idle.events.len(), idle.version), (0, 4));
-    assert_eq!(store.take_reads(), [read("l", 5)]);
-    assert_eq!(store.stream_version("l").await.unwrap(), Some(4));
+    assert_eq!(take_reads(&store), [read("l", 5)]);
+    assert_eq!(store.stream_version(light("l")).await.unwrap(), Some(4));
 
     let fresh = other.create("m", &Switch(false), &ctx()).await.unwrap();
     assert_eq!((fresh.events.len(), fresh.version), (0, 0));
-    assert_eq!(store.stream_version("m").await.unwrap(), None);
+    assert_eq!(store.stream_version(light("m")).await.unwrap(), None);
 }
 
 /// At most `capacity` streams are cached, the least recently used one dropped first; clones
 /// share the cache.
 async fn the_cache_keeps_the_most_recently_used_streams<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(2);
     for id in ["a", "b", "c"] {
         cached.execute(id, &open(), &ctx()).await.unwrap();
     }
-    store.take_reads();
+    take_reads(&store);
 
     // `a` was used least recently: `b` and `c` stayed.
     assert_eq!(deposit_one(&cached, "b").await, 2);
     assert_eq!(deposit_one(&cached, "c").await, 2);
-    assert!(store.take_reads().is_empty());
+    assert!(take_reads(&store).is_empty());
     assert_eq!(deposit_one(&cached, "a").await, 2);
-    assert_eq!(store.take_reads(), [read("a", 1)]);
+    assert_eq!(take_reads(&store), [read("a", 1)]);
 
     // `a` took the place of `b`, used before `c`.
     assert_eq!(deposit_one(&cached, "c").await, 3);
-    assert!(store.take_reads().is_empty());
+    assert!(take_reads(&store).is_empty());
     assert_eq!(deposit_one(&cached, "b").await, 3);
-    assert_eq!(store.take_reads(), [read("b", 1)]);
+    assert_eq!(take_reads(&store), [read("b", 1)]);
 
     // Now `b` and `c` again, in a clone too.
     let clone = cached.clone();
     assert_eq!(deposit_one(&clone, "c").await, 4);
     assert_eq!(deposit_one(&clone, "b").await, 4);
-    assert!(store.take_reads().is_empty());
+    assert!(take_reads(&store).is_empty());
     assert_eq!(deposit_one(&cached, "a").await, 3);
-    assert_eq!(store.take_reads(), [read("a", 1)]);
+    assert_eq!(take_reads(&store), [read("a", 1)]);
 }
 
 /// A hot stream is read by its first command only, snapshots or not: every later command is
 /// one append.
 async fn commands_on_a_cached_stream_do_not_read_it<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(1);
     cached.execute("hot", &open(), &ctx()).await.unwrap();
     for version in 2..=30 {
         assert_eq!(deposit_one(&cached, "hot").await, version);
     }
-    assert_eq!(store.take_reads(), [read("hot", 1)]);
+    assert_eq!(take_reads(&store), [read("hot", 1)]);
 }
 
 /// `load` with a cache reads only the events after the cached version and gives what a load
 /// without one gives; time travel ignores the cache.
 async fn load_with_a_cache_equals_load_without_after_other_writers<S: EventStore>(store: S) {
-    let store = Counted::new(store);
+    let store = counted(store);
     let cached = Repository::<Account, _>::new(store.clone()).with_cache(8);
     let plain = Repository::<Account, _>::new(store.clone());
     cached.execute("acc", &open(), &ctx()).await.unwrap();
@@ -349,82 +292,32 @@ async fn load_with_a_cache_equals_load_without_after_other_writers<S: EventStore
     plain.execute("acc", &Withdraw(30), &ctx()).await.unwrap();
     plain.execute("acc", &Deposit(7), &ctx()).await.unwrap();
 
-    store.take_reads();
+    take_reads(&store);
     let loaded = cached.load("acc").await.unwrap();
-    assert_eq!(store.take_reads(), [read("acc", 3)]);
+    assert_eq!(take_reads(&store), [read("acc", 3)]);
     assert_eq!((loaded.version, loaded.state.balance), (5, 82));
-    assert_eq!(loaded, plain.load("acc").await.unwrap());
+    assert_eq!(loaded.started_from, StartedFrom::Cache(2));
+    let loaded = state_and_version(loaded);
+    assert_eq!(loaded, state_and_version(plain.load("acc").await.unwrap()));
 
-    store.take_reads();
-    assert_eq!(cached.load("acc").await.unwrap(), loaded);
-    assert_eq!(store.take_reads(), [read("acc", 6)], "the load was cached");
+    take_reads(&store);
+    let again = cached.load("acc").await.unwrap();
+    assert_eq!(again.started_from, StartedFrom::Cache(5));
+    assert_eq!(state_and_version(again), loaded);
+    assert_eq!(take_reads(&store), [read("acc", 6)], "the load was cached");
 
     let then = cached.load_at_version("acc", 2).await.unwrap();
     assert_eq!((then.version, then.state.balance), (2, 100));
-    assert_eq!(store.take_reads(), [read("acc", 1)]);
-    assert_eq!(then, plain.load_at_version("acc", 2).await.unwrap());
+    assert_eq!(take_reads(&store), [read("acc", 1)]);
+    assert_eq!(
+        state_and_version(then),
+        state_and_version(plain.load_at_version("acc", 2).await.unwrap())
+    );
     let now = chrono::Utc::now();
     assert_eq!(
-        cached.load_at_time("acc", now).await.unwrap(),
-        plain.load_at_time("acc", now).await.unwrap()
+        state_and_version(cached.load_at_time("acc", now).await.unwrap()),
+        state_and_version(plain.load_at_time("acc", now).await.unwrap())
     );
-}
-
-/// Many tasks executing through clones of one cached repository on one stream: every command
-/// counts exactly once.
-async fn concurrent_commands_through_one_cached_repository_lose_nothing<S: EventStore>(store: S) {
-    const TASKS: i64 = 8;
-    const COMMANDS: i64 = 40;
-    let accounts = Repository::<Account, _>::new(store.clone())
-        .with_cache(4)
-        .with_max_retries(10_000);
-    accounts.execute("hot", &open(), &ctx()).await.unwrap();
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let accounts = accounts.clone();
-        tasks.push(tokio::spawn(async move {
-            for command in 0..COMMANDS {
-                accounts
-                    .execute("hot", &Deposit(task * 1000 + command + 1), &ctx())
-                    .await
-                    .unwrap_or_else(|error| panic!("task {task} deposit {command}: {error}"));
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let mut sent: Vec<i64> = (0..TASKS)
-        .flat_map(|task| (0..COMMANDS).map(move |command| task * 1000 + command + 1))
-        .collect();
-    let loaded = Repository::<Account, _>::new(store.clone())
-        .load("hot")
-        .await
-        .unwrap();
-    assert_eq!(
-        (loaded.version, loaded.state.movements, loaded.state.balance),
-        (
-            (TASKS * COMMANDS) as u64 + 1,
-            (TASKS * COMMANDS) as u64,
-            sent.iter().sum::<i64>()
-        )
-    );
-    assert_eq!(accounts.load("hot").await.unwrap(), loaded);
-    let mut stored: Vec<i64> = store
-        .read_stream("hot", 2, Until::End)
-        .map_ok(|event| {
-            event
-                .payload
-                .decode::<es_examples::bank::Deposited>()
-                .unwrap()
-                .amount
-        })
-        .try_collect()
-        .await
-        .unwrap();
-    stored.sort_unstable();
-    sent.sort_unstable();
-    assert_eq!(stored, sent, "every deposit is stored exactly once");
 }
 
 /// One `#[tokio::test]` per case and store: in memory, on a fresh SQLite file, in a fresh
@@ -472,7 +365,6 @@ on_every_store!(
     the_cache_keeps_the_most_recently_used_streams,
     commands_on_a_cached_stream_do_not_read_it,
     load_with_a_cache_equals_load_without_after_other_writers,
-    concurrent_commands_through_one_cached_repository_lose_nothing,
 );
 
 #[derive(Debug, Clone)]
@@ -492,7 +384,12 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
-/// What `command` does through `accounts`: its events, or why it was rejected.
+/// How [`outcome`] and [`decided`] print a command on a stream that does not exist, when the
+/// command does not start streams.
+const NOT_FOUND: &str = "not found";
+
+/// What `command` does through `accounts`: its events, why it was rejected, or that it found
+/// no account.
 async fn outcome<S: EventStore>(accounts: &Repository<Account, S>, command: &Command) -> String {
     let context = ctx();
     let result = match command {
@@ -503,21 +400,40 @@ async fn outcome<S: EventStore>(accounts: &Repository<Account, S>, command: &Com
     };
     match result {
         Ok(executed) => format!("{:?}", executed.events),
+        Err(ExecuteError::NotFound { .. }) => NOT_FOUND.to_owned(),
         Err(error) => format!("{:?}", error.rejection().expect("only rejections")),
     }
 }
 
-/// What `command` decides on `state`, as [`outcome`] prints it.
-fn decided(state: &Account, command: &Command) -> String {
-    let result = match command {
-        Command::Open => state.handle(&open()),
-        Command::Deposit(n) => state.handle(&Deposit(*n)),
-        Command::Withdraw(n) => state.handle(&Withdraw(*n)),
-        Command::Close => state.handle(&Close),
-    };
-    match result {
-        Ok(events) => format!("{events:?}"),
-        Err(error) => format!("{error:?}"),
+/// What `command` decides on `current` (version 0: no stream), as [`outcome`] prints it.
+fn decided(current: &Loaded<Account>, command: &Command) -> String {
+    fn decide<C>(current: &Loaded<Account>, command: &C) -> String
+    where
+        Account: Handle<C>,
+    {
+        if current.version == 0 && !<Account as Handle<C>>::CREATES {
+            return NOT_FOUND.to_owned();
+        }
+        match current.state.handle(command) {
+            Ok(events) => format!("{events:?}"),
+            Err(error) => format!("{error:?}"),
+        }
+    }
+    match command {
+        Command::Open => decide(current, &open()),
+        Command::Deposit(n) => decide(current, &Deposit(*n)),
+        Command::Withdraw(n) => decide(current, &Withdraw(*n)),
+        Command::Close => decide(current, &Close),
+    }
+}
+
+/// The account's current state replayed from its first event (a load as of now uses neither
+/// snapshot nor cache); the empty state at version 0 when there is no account.
+async fn replayed<S: EventStore>(accounts: &Repository<Account, S>) -> Loaded<Account> {
+    match accounts.load_at_time("acc", chrono::Utc::now()).await {
+        Ok(loaded) => loaded,
+        Err(LoadError::NotFound { .. }) => Loaded::default(),
+        Err(other) => panic!("the account does not load: {other}"),
     }
 }
 
@@ -535,12 +451,17 @@ proptest! {
             let cached = Repository::<Account, _>::new(store.clone()).with_cache(4);
             let other = Repository::<Account, _>::new(store.clone());
             for (through_cache, command) in &commands {
-                let current = other.load_at_time("acc", chrono::Utc::now()).await.unwrap();
+                let current = replayed(&other).await;
                 let accounts = if *through_cache { &cached } else { &other };
-                prop_assert_eq!(outcome(accounts, command).await, decided(&current.state, command));
+                prop_assert_eq!(outcome(accounts, command).await, decided(&current, command));
             }
-            let current = other.load_at_time("acc", chrono::Utc::now()).await.unwrap();
-            prop_assert_eq!(cached.load("acc").await.unwrap(), current);
+            let current = replayed(&other).await;
+            let through_cache = match cached.load("acc").await {
+                Ok(loaded) => state_and_version(loaded),
+                Err(LoadError::NotFound { .. }) => (Account::default(), 0),
+                Err(other) => panic!("the account does not load through the cache: {other}"),
+            };
+            prop_assert_eq!(through_cache, state_and_version(current));
             Ok(())
         })?;
     }
