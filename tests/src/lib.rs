@@ -88,8 +88,7 @@ impl<S: EventStore, H: Hooks<S>> EventStore for Hooked<S, H> {
         F: FnMut(ReplayedEvent<'_>) -> Result<(), E> + Send,
     {
         self.hooks.on_read(stream, from_version);
-        self.inner
-            .replay_stream(stream, from_version, until, visit)
+        self.inner.replay_stream(stream, from_version, until, visit)
     }
 
     fn stream_version(
@@ -108,11 +107,12 @@ impl<S: EventStore, H: Hooks<S>> EventStore for Hooked<S, H> {
         self.inner.read_all(scope, after, limit)
     }
 
-    fn find_event(
+    async fn find_event(
         &self,
+        scope: LogScope<'_>,
         event_id: Uuid,
-    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send {
-        self.inner.find_event(event_id)
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        self.inner.find_event(scope, event_id).await
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {

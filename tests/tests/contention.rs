@@ -237,7 +237,10 @@ fn spawn_child(role: i64, store: &Location, meeting: &Path) -> std::process::Chi
     };
     Command::new(std::env::current_exe().expect("the test binary's path"))
         .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
-        .env(CHILD, serde_json::to_string(&part).expect("a part serializes"))
+        .env(
+            CHILD,
+            serde_json::to_string(&part).expect("a part serializes"),
+        )
         .stdin(Stdio::null())
         .stdout(output("stdout"))
         .stderr(output("stderr"))
@@ -379,10 +382,9 @@ fn child_writer() {
                 let options = PgOptions::new()
                     .schema(schema)
                     .expect("the parent's schema name is valid");
-                let store =
-                    PgStore::connect_with(&es_postgres::testing::database_url(), options)
-                        .await
-                        .expect("the server answers");
+                let store = PgStore::connect_with(&es_postgres::testing::database_url(), options)
+                    .await
+                    .expect("the server answers");
                 meet(&part);
                 deposit(&store, part.role, 4).await
             }

@@ -10,10 +10,10 @@ use es_core::{
     LogScope, MemoryStore, NewEvent, Position, RawJson, Repository, Snapshot, StartedFrom,
     StoreError, StreamKey,
 };
-use es_tests::{Hooked, Hooks};
 use es_examples::order::{
     CancelOrder, CreateOrder, Order, OrderItem, OrderStatus, ReserveInventory,
 };
+use es_tests::{Hooked, Hooks};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -205,7 +205,10 @@ async fn retries_stop_at_the_limit_with_a_typed_error() {
         }
         other => panic!("expected TooManyConflicts, got {other:?}"),
     }
-    assert!(error.is_transient(), "other writers may let it through later");
+    assert!(
+        error.is_transient(),
+        "other writers may let it through later"
+    );
     let loaded = Repository::<Counter, _>::new(store.inner.clone())
         .load("c")
         .await
