@@ -35,7 +35,9 @@ use self::gate::Gates;
 /// chance, however long the wait before it. Two processes × 4 tasks × 100 commands on one
 /// PostgreSQL stream, without caches, had commands retried up to 17 times, and a limit of 10
 /// failed a command in one run out of two. 30 bounds a command that keeps losing to about 2 s
-/// of waits ([`DEFAULT_RETRY_BACKOFF`]) before [`ExecuteError::TooManyConflicts`].
+/// of waits ([`DEFAULT_RETRY_BACKOFF`]) before [`ExecuteError::TooManyConflicts`]. A stream
+/// that several processes write without pause for long (the faster loop, a cached one above all,
+/// keeps winning) is better served by routing its commands to one process, where they queue.
 pub const DEFAULT_MAX_RETRIES: u32 = 30;
 
 /// The waits between conflict retries unless set with [`Repository::with_retry_backoff`]:
