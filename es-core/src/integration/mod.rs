@@ -11,6 +11,12 @@
 //! assert_eq!(headers::EVENT_TYPE, "Es-Event-Type");
 //! ```
 
+mod broker;
+
+pub use broker::{
+    BrokerError, DeadLetterQueue, DeadLetteredMessage, Delivery, Message, Publisher, Subscription,
+};
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
