@@ -1,0 +1,131 @@
+//! [`EsNats`]: one connection, the events stream of a prefix, and the pieces built on them.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::dead_letters::JetStreamDeadLetters;
+use crate::error::NatsError;
+use crate::publisher::JetStreamPublisher;
+use crate::stream::{StreamSettings, ensure_stream};
+use crate::subscription::{JetStreamSubscription, SubscriptionSettings};
+
+/// How many publishes may wait for their JetStream acknowledgement at once on the context
+/// [`EsNats::connect`] builds; a publish beyond it waits.
+pub const MAX_ACKS_IN_FLIGHT: usize = 4_096;
+
+/// A NATS connection with its JetStream context and the events stream of one subject prefix:
+/// what a service needs to relay its events and to consume other services' events.
+///
+/// [`connect`](Self::connect) creates (or updates) the events stream `<prefix>.>`;
+/// [`publisher`](Self::publisher), [`subscribe`](Self::subscribe) and
+/// [`dead_letters`](Self::dead_letters) give the broker side of es-core's relay and consumer.
+#[derive(Debug, Clone)]
+pub struct EsNats {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    prefix: String,
+    stream: StreamSettings,
+}
+
+impl EsNats {
+    /// Connects to the NATS server at `url` (`nats://127.0.0.1:4222`) and ensures the events
+    /// stream of `prefix` with the default settings ([`StreamSettings::for_prefix`]). The
+    /// client reconnects by itself after losing the server.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, NatsError> {
+        Self::connect_with(url, prefix, StreamSettings::for_prefix(prefix)).await
+    }
+
+    /// Like [`connect`](Self::connect) with the events stream's settings given.
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        stream: StreamSettings,
+    ) -> Result<Self, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(url)
+            .await
+            .map_err(|source| NatsError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Self::from_client(client, prefix, stream).await
+    }
+
+    /// Uses an existing client: builds the JetStream context (publishes wait when
+    /// [`MAX_ACKS_IN_FLIGHT`] acknowledgements are pending) and ensures the events stream.
+    pub async fn from_client(
+        client: async_nats::Client,
+        prefix: &str,
+        stream: StreamSettings,
+    ) -> Result<Self, NatsError> {
+        let jetstream = jetstream::ContextBuilder::new()
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        ensure_stream(&jetstream, &stream).await?;
+        Ok(Self {
+            client,
+            jetstream,
+            prefix: prefix.to_owned(),
+            stream,
+        })
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The subject prefix: events are published to `<prefix>.<stream type>.<event type>`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The events stream's settings.
+    pub fn stream_settings(&self) -> &StreamSettings {
+        &self.stream
+    }
+
+    /// A publisher for a relay.
+    pub fn publisher(&self) -> JetStreamPublisher {
+        JetStreamPublisher::new(self.jetstream.clone())
+    }
+
+    /// Subscribes the durable consumer `durable` to the whole events stream, with the default
+    /// settings ([`SubscriptionSettings::new`]).
+    pub async fn subscribe(&self, durable: &str) -> Result<JetStreamSubscription, NatsError> {
+        self.subscribe_with(SubscriptionSettings::new(self.stream.name.clone(), durable))
+            .await
+    }
+
+    /// Subscribes with the given settings.
+    pub async fn subscribe_with(
+        &self,
+        settings: SubscriptionSettings,
+    ) -> Result<JetStreamSubscription, NatsError> {
+        JetStreamSubscription::open(&self.jetstream, settings).await
+    }
+
+    /// The subject prefix of the dead letters: `dlq.<prefix>`.
+    pub fn dead_letter_prefix(&self) -> String {
+        if self.prefix.is_empty() {
+            "dlq".to_owned()
+        } else {
+            format!("dlq.{}", self.prefix)
+        }
+    }
+
+    /// The dead-letter queue of this prefix: stream `DLQ_<PREFIX>`, subjects `dlq.<prefix>.>`
+    /// (created if missing).
+    pub async fn dead_letters(&self) -> Result<JetStreamDeadLetters, NatsError> {
+        JetStreamDeadLetters::open(&self.jetstream, &self.dead_letter_prefix()).await
+    }
+}
