@@ -123,23 +123,17 @@ fn one_line(error: &str) -> String {
     line
 }
 
+// A dead letter carries no `Nats-Msg-Id`: NATS servers before 2.10 look a header up by its
+// first occurrence in the header block, which may be inside the JSON of the original headers
+// (holding the original `Nats-Msg-Id`), so deduplication cannot be relied on there. A send
+// retried after a lost acknowledgement may store a letter twice; re-driving both delivers the
+// event twice, which the consumer's inbox absorbs.
 impl DeadLetterQueue for JetStreamDeadLetters {
     async fn send(&self, letter: &DeadLetteredMessage) -> Result<(), BrokerError> {
         let original_headers = serde_json::to_string(&letter.message.headers)
             .map_err(|error| rejected(format!("encoding the headers of a dead letter: {error}")))?;
         let failed_at = letter.failed_at.to_rfc3339_opts(SecondsFormat::Nanos, true);
-        let original_id = letter
-            .message
-            .header(headers::MSG_ID)
-            .or_else(|| letter.message.header(EVENT_ID))
-            .unwrap_or(letter.message.subject.as_str());
-        // The same letter sent twice (a retried send) is stored once.
-        let msg_id = one_line(&format!(
-            "dlq.{}.{original_id}.{failed_at}",
-            letter.consumer
-        ));
         let list = vec![
-            (headers::MSG_ID.to_owned(), msg_id),
             (
                 dead_letter_headers::CONSUMER.to_owned(),
                 one_line(&letter.consumer),
