@@ -96,6 +96,13 @@ impl SubscriptionSettings {
 
 /// A durable JetStream pull consumer as an es-core [`Subscription`].
 ///
+/// **Order.** JetStream delivers a stream's messages in order, and the consumer loop handles
+/// one delivery at a time. When a subscription opens on a durable consumer that still has
+/// unacknowledged messages (the previous process died holding them), it waits out the ack wait
+/// before its first pull, so those messages are redelivered before any newer one. A message
+/// retried with a delay ([`retry_after`](Delivery::retry_after)) comes back after the messages
+/// that follow it.
+///
 /// Messages are pulled in batches and delivered one by one; a message's
 /// [`attempt`](Delivery::attempt) is JetStream's delivery count for it, a
 /// [`retry_after`](Delivery::retry_after) is a negative acknowledgement with that delay, and
@@ -107,6 +114,9 @@ pub struct JetStreamSubscription {
     settings: SubscriptionSettings,
     consumer: Option<Consumer<pull::Config>>,
     messages: Option<pull::Stream>,
+    /// Until when the first pull waits, so that the messages a previous instance of the
+    /// consumer held unacknowledged come back (after `ack_wait`) before newer ones.
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for JetStreamSubscription {
@@ -134,11 +144,17 @@ impl JetStreamSubscription {
             })?;
         }
         let consumer = create_consumer(jetstream, &settings).await?;
+        // Messages delivered to an earlier instance and never acknowledged (it crashed) come
+        // back once their ack wait passes; pulling before then would get newer messages first.
+        let hold_until = (consumer.cached_info().num_ack_pending > 0).then(|| {
+            tokio::time::Instant::now() + settings.ack_wait * 5 / 4 + Duration::from_millis(200)
+        });
         Ok(Self {
             jetstream: jetstream.clone(),
             settings,
             consumer: Some(consumer),
             messages: None,
+            hold_until,
         })
     }
 
@@ -219,6 +235,17 @@ impl Subscription for JetStreamSubscription {
     type Delivery = JetStreamDelivery;
 
     async fn next(&mut self, timeout: Duration) -> Result<Option<JetStreamDelivery>, BrokerError> {
+        if let Some(until) = self.hold_until {
+            let now = tokio::time::Instant::now();
+            if now < until {
+                if until - now > timeout {
+                    tokio::time::sleep(timeout).await;
+                    return Ok(None);
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            self.hold_until = None;
+        }
         let durable = self.settings.durable.clone();
         let messages = self.messages().await?;
         let next = match tokio::time::timeout(timeout, messages.next()).await {

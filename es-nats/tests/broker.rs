@@ -141,6 +141,7 @@ async fn an_unacknowledged_delivery_comes_back_to_a_new_subscription_after_ack_w
     drop(held);
     drop(dying);
     let mut again = nats.subscribe_with(settings).await.unwrap();
+    assert_eq!(again.pending().await.unwrap(), 1);
     let delivery = again.next(Duration::from_secs(5)).await.unwrap().unwrap();
     assert_eq!(delivery.attempt(), 2);
     delivery.ack().await.unwrap();
