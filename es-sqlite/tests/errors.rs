@@ -220,7 +220,7 @@ async fn a_database_of_a_newer_es_sqlite_is_refused_before_migrating() {
         .await
         .expect_err("the schema is newer");
     assert!(
-        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 2 } if *p == path),
+        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 3 } if *p == path),
         "{error:?}"
     );
     let message = error.to_string();
