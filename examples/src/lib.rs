@@ -8,5 +8,6 @@
 pub mod bank;
 pub mod catalog;
 pub mod order;
+pub mod order_integration;
 pub mod order_list;
 pub mod web;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub(crate) mod ledger;
+
 use es_nats::{EsNats, Storage, StreamSettings};
 
 /// The machine's NATS server: `NATS_URL`, or 127.0.0.1:4222.
