@@ -51,7 +51,7 @@ async fn two_schemas_in_one_database_are_separate_stores() {
     for store in [&billing, &shipping] {
         assert_eq!(
             applied_migrations(store).await,
-            4,
+            5,
             "schema {}",
             store.schema()
         );

@@ -13,7 +13,7 @@ use super::broker::{
     BrokerError, DeadLetterQueue, DeadLetteredMessage, Delivery, Message, Subscription,
 };
 use super::inbox::InboxStore;
-use super::message::MessageError;
+use super::message::{MessageError, decode_error};
 use crate::envelope::RecordedEvent;
 use crate::event::{DecodeError, Event};
 use crate::projection::{Projection, RetryPolicy};
@@ -30,7 +30,7 @@ pub enum BadMessage {
     Malformed(#[source] MessageError),
     /// The event does not decode as the consumer's events: an unknown event type, a schema
     /// version newer than the code knows, no upcast path, or a payload that does not match.
-    #[error("cannot decode the event: {0}")]
+    #[error("cannot decode the event: {}", decode_error(.0))]
     Undecodable(#[source] DecodeError),
 }
 

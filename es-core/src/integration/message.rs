@@ -66,7 +66,7 @@ pub enum MessageError {
         reason: String,
     },
     /// The payload is not JSON text (or not UTF-8).
-    #[error("message payload is not JSON: {source}")]
+    #[error("message payload is not JSON: {}", json_error(source))]
     PayloadNotJson {
         /// What the JSON parser reported (a position, never the payload).
         source: serde_json::Error,
@@ -233,6 +233,54 @@ impl Message {
             recorded_at,
         })
     }
+}
+
+/// A serde_json error as a message may show it: serde's data errors quote the offending value
+/// (`invalid type: string "..."`), which comes from a payload, so only their place is shown;
+/// a missing field names the field, from the schema, and is shown whole.
+pub(crate) fn json_error(error: &serde_json::Error) -> impl std::fmt::Display + '_ {
+    struct Shown<'e>(&'e serde_json::Error);
+    impl std::fmt::Display for Shown<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let error = self.0;
+            let text = error.to_string();
+            match error.classify() {
+                serde_json::error::Category::Data if !text.starts_with("missing field") => {
+                    write!(
+                        f,
+                        "a value does not match its type at line {} column {}",
+                        error.line(),
+                        error.column()
+                    )
+                }
+                _ => f.write_str(&text),
+            }
+        }
+    }
+    Shown(error)
+}
+
+/// A decoding error as a message may show it: see [`json_error`].
+pub(crate) fn decode_error(error: &crate::DecodeError) -> impl std::fmt::Display + '_ {
+    struct Shown<'e>(&'e crate::DecodeError);
+    impl std::fmt::Display for Shown<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                crate::DecodeError::InvalidPayload {
+                    event_type,
+                    version,
+                    source,
+                } => write!(
+                    f,
+                    "invalid payload for event `{}` version {version}: {}",
+                    shown(event_type),
+                    json_error(source)
+                ),
+                other => write!(f, "{other}"),
+            }
+        }
+    }
+    Shown(error)
 }
 
 fn required<'m>(message: &'m Message, name: &'static str) -> Result<&'m str, MessageError> {

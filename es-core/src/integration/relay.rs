@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use uuid::Uuid;
 
 use super::broker::{BrokerError, Message, Publisher};
+use super::message::decode_error;
 use crate::envelope::{Position, RecordedEvent};
 use crate::event::{DecodeError, Event};
 use crate::json::EncodeError;
@@ -53,7 +54,10 @@ pub enum RelayError {
     },
     /// A stored event that a [`map`](Relay::map) rule takes does not decode; the relay stops
     /// before it, since publishing past it would skip it.
-    #[error("relay `{relay}` cannot decode event `{event_type}` at position {position}: {source}")]
+    #[error(
+        "relay `{relay}` cannot decode event `{event_type}` at position {position}: {}",
+        decode_error(source)
+    )]
     Decode {
         /// The relay's key.
         relay: String,
