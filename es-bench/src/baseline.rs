@@ -1,4 +1,4 @@
-//! The plain sqlx baselines: the least SQL a correct implementation needs (issue 6 §4), against
+//! The plain sqlx baselines: the least SQL a correct implementation needs against
 //! the very tables the stores create, written the way a careful person would by hand:
 //! statements prepared once (sqlx caches them), rows read by borrowing their text, payloads
 //! decoded with serde_json by event type, no framework in between.
@@ -84,17 +84,18 @@ impl PgSql {
         let s = format!("\"{schema}\"");
         Self {
             insert_one: format!(
-                "INSERT INTO {s}.events (stream_type, stream_id, stream_version, event_id, event_type, \
-                   schema_version, payload, metadata) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb)"
+                "INSERT INTO {s}.events (tenant, stream_type, stream_id, stream_version, event_id, \
+                   event_type, schema_version, payload, metadata) \
+                 VALUES ('default', $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb)"
             ),
             load: format!(
                 "SELECT stream_version, event_type, payload::text FROM {s}.events \
-                 WHERE stream_id = $1 ORDER BY stream_version"
+                 WHERE tenant = 'default' AND stream_type = 'account' AND stream_id = $1 \
+                 ORDER BY stream_version"
             ),
             insert_head: format!(
-                "INSERT INTO {s}.events (stream_type, stream_id, stream_version, event_id, event_type, \
-                   schema_version, payload, metadata) "
+                "INSERT INTO {s}.events (tenant, stream_type, stream_id, stream_version, event_id, \
+                   event_type, schema_version, payload, metadata) "
             ),
             // Gap-free: only transactions older than the oldest running one (see es-postgres).
             // Ordered by the table's columns (`e.`): an unqualified `transaction_id` would name
@@ -117,7 +118,7 @@ impl PgSql {
     }
 }
 
-const SQLITE_COLUMNS: &str = "position, transaction_id, stream_type, stream_id, stream_version, \
+const SQLITE_COLUMNS: &str = "position, transaction_id, tenant, stream_type, stream_id, stream_version, \
      event_id, event_type, schema_version, payload, metadata, recorded_at";
 
 /// Positions are the table's integer key: the next one is the largest plus one, and a batch's
@@ -125,12 +126,12 @@ const SQLITE_COLUMNS: &str = "position, transaction_id, stream_type, stream_id, 
 fn sqlite_insert_one() -> String {
     format!(
         "INSERT INTO es_events ({SQLITE_COLUMNS}) \
-         SELECT p, p, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+         SELECT p, p, 'default', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
          FROM (SELECT coalesce(max(position), 0) + 1 AS p FROM es_events)"
     )
 }
 
-const SQLITE_LOAD: &str = "SELECT stream_version, event_type, payload FROM es_events WHERE stream_id = ?1 ORDER BY stream_version";
+const SQLITE_LOAD: &str = "SELECT stream_version, event_type, payload FROM es_events WHERE stream_id = ?1 AND stream_type = 'account' AND tenant = 'default' ORDER BY stream_version";
 
 const SQLITE_READ_PAGE: &str = "SELECT position, stream_id, event_type, payload FROM es_events \
      WHERE position > ?1 ORDER BY position LIMIT ?2";
@@ -229,7 +230,7 @@ impl Baseline {
             Baseline::Sqlite { pool, writer, .. } => {
                 let mut query = QueryBuilder::new(format!(
                     "INSERT INTO es_events ({SQLITE_COLUMNS}) \
-                     SELECT base.p + v.column1, base.p + 1, v.column2, v.column3, v.column4, \
+                     SELECT base.p + v.column1, base.p + 1, 'default', v.column2, v.column3, v.column4, \
                        v.column5, v.column6, v.column7, v.column8, v.column9, v.column10 \
                      FROM (SELECT coalesce(max(position), 0) AS p FROM es_events) AS base, ("
                 ));
@@ -255,6 +256,7 @@ impl Baseline {
                 let mut query = QueryBuilder::new(&sql.insert_head);
                 query.push_values(rows, |mut values, row| {
                     values
+                        .push("'default'")
                         .push_bind(row.stream_type)
                         .push_bind(&row.stream_id)
                         .push_bind(row.version)

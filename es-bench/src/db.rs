@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use es_postgres::PgStore;
+use es_postgres::{PgOptions, PgStore};
 use es_sqlite::SqliteStore;
 use tempfile::TempDir;
 
@@ -41,8 +41,16 @@ impl Target {
         })
     }
 
-    /// A pool of 10 connections (the store's default) on the server at `url`.
+    /// A pool of 10 connections (the store's default) on the server at `url`. Without TLS
+    /// unless `url` names an `sslmode`: the figures are the database's, not the cipher's.
     pub(crate) async fn postgres(url: &str) -> Result<Self, BenchError> {
+        let url = if url.contains("sslmode=") {
+            url.to_owned()
+        } else {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}sslmode=disable")
+        };
+        let url = url.as_str();
         let store = PgStore::connect(url)
             .await
             .map_err(|error| format!("cannot connect to {url}: {error}"))?;
@@ -94,7 +102,10 @@ impl Target {
             Target::Postgres { store } => {
                 let schema = format!("es_bench_{}_{name}", std::process::id());
                 drop_schema(store, &schema).await?;
-                let store = store.clone().with_schema(&schema)?;
+                let options = PgOptions::new()
+                    .schema(&schema)
+                    .map_err(|error| format!("schema `{schema}`: {error}"))?;
+                let store = PgStore::with_options(store.pool().clone(), options);
                 store.migrate().await?;
                 let baseline = Baseline::postgres(store.pool().clone(), &schema);
                 Ok(Db {

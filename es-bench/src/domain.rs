@@ -167,6 +167,7 @@ macro_rules! account_aggregate {
 
         impl Handle<Open> for $name {
             type Error = AccountError;
+            const CREATES: bool = true;
             fn handle(&self, command: &Open) -> Result<Vec<AccountEvent>, AccountError> {
                 Ok(vec![AccountEvent::Opened(self.0.open(command)?)])
             }

@@ -1,4 +1,4 @@
-//! es-bench: what es costs on top of the database, measured side by side (issue 6).
+//! es-bench: what es costs on top of the database, measured side by side.
 //!
 //! Each workload runs through the framework's public API and through a plain sqlx baseline
 //! doing the least SQL a correct implementation needs, on the same fresh database, alternating
@@ -35,7 +35,7 @@ usage: es-bench [--db-url URL] [--only W1,W3,...] [--scale F] [--rounds N] [--js
   --db-url URL   run on PostgreSQL (a fresh schema per workload, dropped after);
                  default: SQLite, a fresh temporary file per workload
   --only LIST    run only these workloads (W1..W7), comma-separated
-  --scale F      multiply the issue's sizes by F (e.g. 0.1 for a quick run); default 1
+  --scale F      multiply the default sizes by F (e.g. 0.1 for a quick run); default 1
   --rounds N     rounds per workload, each running ours and the baseline once,
                  alternating which goes first; the table shows medians; default 5
   --json         one JSON object per workload line instead of the table

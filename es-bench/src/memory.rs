@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use es_core::{EventStore, Repository};
+use es_core::{EventStore, Repository, StreamKey};
 use es_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +79,10 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<(), BenchError> {
         .clone()
         .unwrap_or_else(|| dir.path().join("memory.db"));
     let store = SqliteStore::open(&path).await?;
-    let existing = store.stream_version(STREAM).await?.unwrap_or(0);
+    let existing = store
+        .stream_version(StreamKey::new("account", STREAM))
+        .await?
+        .unwrap_or(0);
     if existing != args.events {
         if existing != 0 {
             return Err(format!(

@@ -1,4 +1,4 @@
-//! W1–W7 of issue 6, each run through the framework's public API ("ours") and through the plain
+//! The workloads W1–W7, each run through the framework's public API ("ours") and through the plain
 //! sqlx baseline on the same fresh database, alternating, round after round.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use es_core::projection::{Projection, ProjectionRunner, ProjectionStore};
 use es_core::{
     Aggregate, CommandContext, Event, EventStore, ExpectedVersion, Handle, Metadata, NewEvent,
-    Repository,
+    Repository, StreamKey,
 };
 use es_examples::order::{
     Address, InventoryReserved, OrderConfirmed, OrderCreated, OrderEvent, OrderItem,
@@ -42,7 +42,7 @@ pub(crate) const ALL: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
 /// How big and how often.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
-    /// Multiplies every count of the issue (1: the issue's sizes).
+    /// Multiplies every workload's counts (1: the default sizes).
     pub(crate) scale: f64,
     /// Rounds per workload; each round runs ours and the baseline once.
     pub(crate) rounds: usize,
@@ -498,7 +498,9 @@ pub(crate) async fn seed_account<S: EventStore>(
         } else {
             ExpectedVersion::Exact(version)
         };
-        store.append("account", id, expected, batch).await?;
+        store
+            .append(StreamKey::new("account", id), expected, batch)
+            .await?;
         version += size;
     }
     Ok(())
@@ -752,7 +754,9 @@ async fn w6<S: EventStore>(
                     0 => ExpectedVersion::NoStream,
                     _ => ExpectedVersion::Exact(b * batch),
                 };
-                store.append("account", &id, expected, events).await?;
+                store
+                    .append(StreamKey::new("account", &id), expected, events)
+                    .await?;
             }
             Ok(started.elapsed())
         },
@@ -923,8 +927,8 @@ async fn w7(
         Ok(count)
     };
     match store {
-        Store::Sqlite(s) => list.create_table_sqlite(s.pool()).await?,
-        Store::Postgres(s) => list.create_table_postgres(s.pool()).await?,
+        Store::Sqlite(s) => list.create_table(s).await?,
+        Store::Postgres(s) => list.create_table(s).await?,
     }
     execute(order_table_sql(&base_table, time), None).await?;
     let reset = async |table: &str, projection: &str| -> Result<(), BenchError> {
