@@ -16,6 +16,7 @@ mod baseline;
 mod db;
 mod domain;
 mod memory;
+mod nats;
 mod workloads;
 
 use std::path::PathBuf;
@@ -155,6 +156,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("nats") {
+        return nats::main(std::env::args().skip(2)).await;
+    }
     let args = match parse(std::env::args().skip(1)) {
         Ok(Args::Help) => {
             println!("{USAGE}");
