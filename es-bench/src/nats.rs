@@ -48,7 +48,7 @@ usage: es-bench nats [relay|latency] [--events N] [--rounds N] [--window N] [--b
   --rounds N     relay rounds, alternating which side goes first; default 3
   --window N     acknowledgements in flight, for both sides; default 256 (the relay's default)
   --rate N       appends per second in the latency run; default 200
-  --batch N      events the relay reads and checkpoints at a time; default 2000 (the relay
+  --batch N      events the relay reads and checkpoints at a time; default 10000 (the relay
                  drains its acknowledgements at the end of each batch)
   --nats-url URL default $NATS_URL or nats://127.0.0.1:4222
   --db-url URL   PostgreSQL; default $DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres
@@ -88,7 +88,7 @@ impl NatsBenchArgs {
             rounds: 3,
             window: 256,
             rate: 200,
-            batch: 2_000,
+            batch: 10_000,
             nats_url: std::env::var("NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
             db_url: std::env::var("DATABASE_URL")

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use es_core::integration::{BrokerError, Message, Publisher};
 
 use crate::error::{check_publish_subject, rejected, unavailable};
-use crate::headers::to_header_map;
+use crate::headers::into_header_map;
 
 /// Publishes to JetStream: `publish_with_headers`, whose acknowledgement future is the
 /// [`Publisher::Ack`]. The message's headers go as they are, `Nats-Msg-Id` included, so
@@ -99,7 +99,7 @@ impl Publisher for JetStreamPublisher {
                 message.subject.escape_debug()
             ))
         })?;
-        let headers = to_header_map(&message.headers)?;
+        let headers = into_header_map(message.headers)?;
         let ack = self
             .jetstream
             .publish_with_headers(

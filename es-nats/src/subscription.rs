@@ -256,6 +256,7 @@ impl Subscription for JetStreamSubscription {
             Some(Ok(message)) => Ok(Some(JetStreamDelivery::new(message))),
             Some(Err(error)) => {
                 if error.kind() == MessagesErrorKind::ConsumerDeleted {
+                    tracing::warn!(consumer = %durable, "durable consumer deleted on the server; recreating it");
                     self.messages = None;
                     self.consumer = None;
                 }
@@ -284,6 +285,10 @@ impl Subscription for JetStreamSubscription {
 }
 
 /// One delivery of a JetStream message.
+///
+/// [`ack`](Delivery::ack) and [`retry_after`](Delivery::retry_after) send the acknowledgement
+/// without waiting for the server to confirm it: one lost on the way (the connection dropped)
+/// means the message comes again after the ack wait, which the consumer's inbox absorbs.
 pub struct JetStreamDelivery {
     message: Message,
     attempt: u32,
