@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use es_core::integration::Relay;
 use es_core::{CommandContext, Repository};
 use es_examples::order::{
     Address, CancelOrder, ConfirmOrder, CreateOrder, Order, OrderEvent, OrderItem, ProcessPayment,
@@ -58,8 +57,7 @@ async fn main() -> Result<(), BoxError> {
 
     // The relay tails the log while the commands run.
     let relay = || {
-        Relay::new(store.clone(), nats.publisher(), RELAY)
-            .subject_prefix(PREFIX)
+        nats.relay(store.clone(), RELAY)
             .map::<OrderEvent, OrderIntegrationEvent>(from_order_event)
             .idle_timeout(Duration::from_millis(200))
     };

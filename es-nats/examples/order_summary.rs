@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use es_core::RecordedEvent;
-use es_core::integration::{Consumer, DeadLetterQueue, Outcome};
+use es_core::integration::{DeadLetterQueue, Outcome};
 use es_core::projection::{HandlerError, Projection};
 use es_core::sql::{SqlStore, SqlValue, rows_as};
 use es_examples::order_integration::OrderIntegrationEvent;
@@ -137,13 +137,9 @@ async fn main() -> Result<(), BoxError> {
         if fresh { " (new: from the start)" } else { "" }
     );
 
-    let dead_letters = nats.dead_letters().await?;
-    let mut consumer = Consumer::new(
-        store.clone(),
-        OrderSummary,
-        nats.subscribe(CONSUMER).await?,
-        dead_letters.clone(),
-    );
+    // A durable consumer named after the projection, the inbox in `store`, dead letters in
+    // the stream DLQ_ORDERS.
+    let mut consumer = nats.consumer(store.clone(), OrderSummary).await?;
     let (mut handled, mut duplicates, mut dead) = (0, 0, 0);
     loop {
         match consumer.process_next(Duration::from_secs(1)).await? {
@@ -178,7 +174,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let total: i64 = rows.iter().map(|row| row.orders).sum();
     println!("  {:<10} {:>6}", "all", total);
-    let waiting = dead_letters.list(CONSUMER).await?.len();
+    let waiting = consumer.dead_letter_queue().list(CONSUMER).await?.len();
     if waiting > 0 {
         println!("\n  {waiting} dead letters wait for a redrive");
     }

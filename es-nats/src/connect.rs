@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use es_core::integration::{Consumer, InboxStore, Relay, encode_token};
+use es_core::projection::{Projection, ProjectionStore};
 
 use crate::dead_letters::JetStreamDeadLetters;
 use crate::error::NatsError;
@@ -127,5 +129,41 @@ impl EsNats {
     /// (created if missing).
     pub async fn dead_letters(&self) -> Result<JetStreamDeadLetters, NatsError> {
         JetStreamDeadLetters::open(&self.jetstream, &self.dead_letter_prefix()).await
+    }
+
+    /// A relay named `name` publishing `store`'s log to this prefix's stream: es-core's
+    /// [`Relay`] with this publisher and [`subject_prefix`](Relay::subject_prefix) set; the
+    /// rest (`map`, `publish_only`, `batch_size`, ...) as on any relay.
+    ///
+    /// ```no_run
+    /// # async fn example(store: es_core::MemoryStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// let nats = es_nats::EsNats::connect("nats://127.0.0.1:4222", "orders").await?;
+    /// let mut relay = nats.relay(store, "order-service").batch_size(1_000);
+    /// relay.run(std::future::pending()).await?; // until the process stops
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn relay<S: ProjectionStore>(&self, store: S, name: &str) -> Relay<S, JetStreamPublisher> {
+        Relay::new(store, self.publisher(), name).subject_prefix(self.prefix.as_str())
+    }
+
+    /// A consumer handling this prefix's stream with `projection` on `store`: es-core's
+    /// [`Consumer`] on a durable consumer named after the projection (its name encoded as a
+    /// subject token) with the default [`SubscriptionSettings`], dead-lettering into
+    /// [`dead_letters`](Self::dead_letters). For other subscription settings, build the
+    /// [`Consumer`] from [`subscribe_with`](Self::subscribe_with).
+    pub async fn consumer<S, P>(
+        &self,
+        store: S,
+        projection: P,
+    ) -> Result<Consumer<S, P, JetStreamSubscription, JetStreamDeadLetters>, NatsError>
+    where
+        S: InboxStore,
+        P: Projection<S>,
+    {
+        let durable = encode_token(projection.name()).into_owned();
+        let subscription = self.subscribe(&durable).await?;
+        let dead_letters = self.dead_letters().await?;
+        Ok(Consumer::new(store, projection, subscription, dead_letters))
     }
 }

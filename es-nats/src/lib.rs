@@ -16,26 +16,58 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use es_core::integration::{Delivery, Subscription};
+//! use es_core::integration::DeadLetterQueue;
+//! use es_core::projection::{HandlerError, Projection};
+//! use es_core::{Event, MemoryStore, RecordedEvent};
 //! use es_nats::EsNats;
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! enum OrderEvent { Placed { total_cents: i64 } }
+//!
+//! /// Another service's read model of orders.
+//! struct Totals(i64);
+//!
+//! impl Projection<MemoryStore> for Totals {
+//!     type Event = OrderEvent;
+//!     fn name(&self) -> &str { "order-totals" }
+//!     async fn handle(
+//!         &mut self,
+//!         _transaction: &mut <MemoryStore as es_core::projection::ProjectionStore>::Transaction,
+//!         event: &OrderEvent,
+//!         _envelope: &RecordedEvent,
+//!     ) -> Result<(), HandlerError> {
+//!         let OrderEvent::Placed { total_cents } = event;
+//!         self.0 += total_cents;
+//!         Ok(())
+//!     }
+//!     async fn reset(
+//!         &mut self,
+//!         _transaction: &mut <MemoryStore as es_core::projection::ProjectionStore>::Transaction,
+//!     ) -> Result<(), HandlerError> {
+//!         self.0 = 0;
+//!         Ok(())
+//!     }
+//! }
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // Connects and creates (or updates) the stream `ORDERS` of subjects `orders.>`.
 //! let nats = EsNats::connect("nats://127.0.0.1:4222", "orders").await?;
 //!
-//! // A relay publishes through this (see `es_core::integration::Relay`).
-//! let _publisher = nats.publisher();
+//! // The producing service relays its log (the outbox) to `orders.<stream type>.<event type>`.
+//! let orders = MemoryStore::new();
+//! let mut relay = nats.relay(orders.clone(), "order-service").publish_only::<OrderEvent>();
+//! relay.publish_pending().await?;
 //!
-//! // Another service reads them through a durable consumer...
-//! let mut subscription = nats.subscribe("order-summary").await?;
-//! if let Some(delivery) = subscription.next(Duration::from_secs(1)).await? {
-//!     println!("{} (attempt {})", delivery.message().subject, delivery.attempt());
-//!     delivery.ack().await?;
+//! // A consuming service: a durable consumer `order-totals`, exactly-once effects through its
+//! // store's inbox, retries, dead letters.
+//! let mut consumer = nats.consumer(MemoryStore::new(), Totals(0)).await?;
+//! while consumer.process_next(Duration::from_secs(1)).await?.is_some() {}
+//! println!("total {}, {} waiting", consumer.projection().0, consumer.pending().await?);
+//!
+//! // What it gave up on, listed and re-driven.
+//! for letter in nats.dead_letters().await?.list("order-totals").await? {
+//!     println!("{}: {}", letter.message.subject, letter.error);
 //! }
-//! println!("{} waiting", subscription.pending().await?);
-//!
-//! // ...and puts what it gave up on in the dead-letter queue.
-//! let _dead_letters = nats.dead_letters().await?;
 //! # Ok(())
 //! # }
 //! ```
