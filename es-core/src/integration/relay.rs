@@ -616,7 +616,6 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             let routed = self.route(event);
             let message = match routed {
                 Routed::NotMine | Routed::Skip => {
-                    outcome.skipped += 1;
                     in_flight.push_back((event.position, None));
                     continue;
                 }
@@ -706,7 +705,8 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
 type InFlight<A> = VecDeque<(Position, Option<Pin<Box<A>>>)>;
 
 /// Awaits acknowledgements in order until at most `keep` are outstanding, moving
-/// `outcome.done` past each event acknowledged or skipped; stops at the first failed one.
+/// `outcome.done` past each event acknowledged or skipped (and counting them); stops at the
+/// first failed one.
 async fn settle<A: Future<Output = Result<(), BrokerError>>>(
     in_flight: &mut InFlight<A>,
     unacked: &mut usize,
@@ -718,6 +718,7 @@ async fn settle<A: Future<Output = Result<(), BrokerError>>>(
             None => return Ok(()),
             Some((position, None)) => {
                 outcome.done = *position;
+                outcome.skipped += 1;
                 in_flight.pop_front();
             }
             Some((position, Some(ack))) => {
