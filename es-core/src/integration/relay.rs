@@ -432,8 +432,25 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Position, RelayError> {
         let mut shutdown = pin!(shutdown);
+        let mut failures = 0u32;
         loop {
-            let (summary, stopped) = self.catch_up(shutdown.as_mut(), true).await?;
+            let (summary, stopped) = match self.catch_up(shutdown.as_mut(), true).await {
+                Ok(caught_up) => {
+                    failures = 0;
+                    caught_up
+                }
+                // Loading the checkpoint failed: the only store error `catch_up` passes on
+                // that retrying may mend.
+                Err(RelayError::Store { source, .. }) if source.is_transient() => {
+                    failures += 1;
+                    tracing::warn!(relay = %self.key(), error = %source, failures, "relay could not read its checkpoint; retrying");
+                    if self.pause(failures, shutdown.as_mut()).await {
+                        return self.checkpoint().await;
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if stopped {
                 return Ok(summary.checkpoint);
             }
@@ -542,9 +559,26 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             summary.published += outcome.published;
             summary.skipped += outcome.skipped;
             if outcome.done > summary.checkpoint {
-                self.commit_checkpoint(outcome.done).await?;
-                summary.checkpoint = outcome.done;
-                failures = 0;
+                match self.commit_checkpoint(outcome.done).await {
+                    Ok(()) => {
+                        summary.checkpoint = outcome.done;
+                        failures = 0;
+                    }
+                    Err(RelayError::Store { source, .. }) if source.is_transient() => {
+                        // Published but not committed: published again from the checkpoint,
+                        // where the broker drops the duplicates.
+                        failures += 1;
+                        if !persistent && failures >= self.retry.max_attempts {
+                            return Err(self.store_error(source));
+                        }
+                        tracing::warn!(relay = %self.key(), error = %source, failures, "relay could not commit its checkpoint; retrying");
+                        if self.pause(failures, shutdown.as_mut()).await {
+                            return Ok((summary, true));
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             match outcome.failure {
                 None => {}
