@@ -2,9 +2,11 @@
 //!
 //! A service that picks SQLite or PostgreSQL from its configuration would otherwise be generic
 //! over the store in every handler. `DynStore` erases the store's type (as tower's
-//! `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`] and
-//! [`SqlStore`] by forwarding to the store it was made from, at the cost of one allocation per
-//! call.
+//! `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`],
+//! [`SqlStore`] and [`InboxStore`] by forwarding to the store it was made from, at the cost of
+//! one allocation per call. Which of the last two the store keeps depends on the constructor:
+//! [`DynStore::new`], [`DynStore::new_sql`], [`DynStore::new_with_inbox`] or
+//! [`DynStore::new_sql_with_inbox`].
 //!
 //! ```
 //! use es_core::{DynStore, MemoryStore};
