@@ -185,8 +185,10 @@ async fn the_handlers_writes_and_the_inbox_row_commit_together_or_not_at_all() {
     );
     assert_eq!((credits(&store).await, inbox(&store).await), (0, 0));
 
-    // Delivered again and handled: one credit, one inbox row.
+    // Delivered again once its retry delay passed (a due redelivery comes before new
+    // messages) and handled: one credit, one inbox row.
     fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let outcome = consumer.process_next(Duration::from_secs(1)).await.unwrap();
     assert!(matches!(outcome, Some(Outcome::Handled)), "{outcome:?}");
     assert_eq!((credits(&store).await, inbox(&store).await), (1, 1));

@@ -159,8 +159,10 @@ async fn the_handlers_writes_and_the_inbox_row_commit_together_or_not_at_all() {
     );
     assert_eq!((credits(&store).await, inbox(&store).await), (0, 0));
 
-    // Delivered again and handled: one credit, one inbox row.
+    // Delivered again once its retry delay passed (a due redelivery comes before new
+    // messages) and handled: one credit, one inbox row.
     fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let outcome = consumer.process_next(Duration::from_secs(1)).await.unwrap();
     assert!(matches!(outcome, Some(Outcome::Handled)), "{outcome:?}");
     assert_eq!((credits(&store).await, inbox(&store).await), (1, 1));
@@ -260,4 +262,31 @@ async fn record_processed_is_undone_by_a_rollback_and_kept_by_a_commit() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["event_id"], id.to_string());
+}
+
+/// The same consumer on a `DynStore` made from the SQLite store keeps its inbox there.
+#[tokio::test]
+async fn a_dyn_store_with_an_inbox_keeps_it_in_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir).await;
+    let bus = published(&[("acc-1", 300)]).await;
+    let mut consumer = Consumer::new(
+        es_core::DynStore::new_sql_with_inbox(store.clone()),
+        Credits {
+            fail_after_write: Arc::new(AtomicBool::new(false)),
+        },
+        bus.subscribe("credits", "es.payment.>").unwrap(),
+        bus.clone(),
+    );
+    let outcome = consumer.process_next(Duration::ZERO).await.unwrap();
+    assert!(matches!(outcome, Some(Outcome::Handled)), "{outcome:?}");
+    let mut again: Message = bus.published()[0].clone();
+    again.headers.retain(|(name, _)| name != headers::MSG_ID);
+    again
+        .headers
+        .push((headers::MSG_ID.into(), "redelivered".into()));
+    bus.publish(again).await.unwrap().await.unwrap();
+    let outcome = consumer.process_next(Duration::ZERO).await.unwrap();
+    assert!(matches!(outcome, Some(Outcome::Duplicate)), "{outcome:?}");
+    assert_eq!((credits(&store).await, inbox(&store).await), (1, 1));
 }
