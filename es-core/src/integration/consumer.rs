@@ -512,24 +512,49 @@ where
         }
     }
 
+    /// Sends the message to the dead-letter queue, then acknowledges it. Borrows only what it
+    /// needs across its awaits, so the consumer's futures stay `Send` for any projection.
     async fn dead_letter(
-        &self,
+        &mut self,
         delivery: Sub::Delivery,
         reason: &DeadLetterReason,
         attempts: u32,
     ) -> Result<(), ConsumerError> {
+        let consumer = self.name().to_owned();
         let letter = DeadLetteredMessage {
             id: String::new(),
-            consumer: self.name().to_owned(),
+            consumer: consumer.clone(),
             message: delivery.message().clone(),
             error: reason.to_string(),
             attempts,
             failed_at: Utc::now(),
         };
-        self.dead_letters
-            .send(&letter)
-            .await
-            .map_err(|e| self.broker_error(e))?;
-        delivery.ack().await.map_err(|e| self.broker_error(e))
+        let broker = |source| ConsumerError::Broker {
+            consumer: consumer.clone(),
+            source,
+        };
+        self.dead_letters.send(&letter).await.map_err(broker)?;
+        delivery.ack().await.map_err(broker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// A consumer on any store, subscription and queue runs in a spawned task.
+    #[allow(dead_code)]
+    fn futures_are_send<S, P, Sub, D>(consumer: &mut Consumer<S, P, Sub, D>)
+    where
+        S: InboxStore,
+        P: Projection<S>,
+        Sub: Subscription,
+        D: DeadLetterQueue,
+    {
+        is_send(&consumer.process_next(Duration::ZERO));
+        is_send(&consumer.run(async {}));
+        is_send(&consumer.pending());
     }
 }

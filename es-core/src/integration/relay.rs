@@ -358,35 +358,39 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     fn store_error(&self, source: StoreError) -> RelayError {
-        match source {
-            StoreError::LockLost { .. } => RelayError::LockLost { relay: self.key() },
-            source => RelayError::Store {
-                relay: self.key(),
-                source,
-            },
-        }
+        relay_store_error(self.key(), source)
     }
 
     /// The relay's checkpoint: the position of the last event it is done with
     /// ([`Position::START`] before its first commit).
-    pub async fn checkpoint(&self) -> Result<Position, RelayError> {
-        self.store
-            .load_checkpoint(&self.key())
-            .await
-            .map(|checkpoint| checkpoint.unwrap_or(Position::START))
-            .map_err(|e| self.store_error(e))
+    pub fn checkpoint(&self) -> impl Future<Output = Result<Position, RelayError>> + Send + '_ {
+        // The future borrows the store alone, so it is `Send` whatever the store's lock type.
+        let store = &self.store;
+        let key = self.key();
+        async move {
+            store
+                .load_checkpoint(&key)
+                .await
+                .map(|checkpoint| checkpoint.unwrap_or(Position::START))
+                .map_err(|source| relay_store_error(key.clone(), source))
+        }
     }
 
     /// The checkpoint and how many events of the relay's scope follow it.
-    pub async fn lag(&self) -> Result<RelayLag, RelayError> {
-        let checkpoint = self.checkpoint().await?;
-        let behind = self
-            .store
-            .count_after(self.scope(), checkpoint)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        tracing::debug!(relay = %self.key(), %checkpoint, behind, "relay lag");
-        Ok(RelayLag { checkpoint, behind })
+    pub fn lag(&self) -> impl Future<Output = Result<RelayLag, RelayError>> + Send + '_ {
+        let store = &self.store;
+        let key = self.key();
+        let scope = self.scope();
+        let checkpoint = self.checkpoint();
+        async move {
+            let checkpoint = checkpoint.await?;
+            let behind = store
+                .count_after(scope, checkpoint)
+                .await
+                .map_err(|source| relay_store_error(key.clone(), source))?;
+            tracing::debug!(relay = %key, %checkpoint, behind, "relay lag");
+            Ok(RelayLag { checkpoint, behind })
+        }
     }
 
     /// Publishes every event after the checkpoint, up to the head of the log as it is when each
@@ -628,7 +632,11 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     /// Waits the backoff after `failures` failures; `true` if `shutdown` completed meanwhile.
-    async fn pause<F: Future<Output = ()>>(&self, failures: u32, shutdown: Pin<&mut F>) -> bool {
+    async fn pause<F: Future<Output = ()>>(
+        &mut self,
+        failures: u32,
+        shutdown: Pin<&mut F>,
+    ) -> bool {
         let sleep = pin!(tokio::time::sleep(self.retry.backoff(failures)));
         matches!(
             futures_util::future::select(shutdown, sleep).await,
@@ -637,7 +645,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     /// Publishes a batch, pipelined; stops at the first failure.
-    async fn publish_batch(&self, batch: &[RecordedEvent], from: Position) -> BatchOutcome {
+    async fn publish_batch(&mut self, batch: &[RecordedEvent], from: Position) -> BatchOutcome {
         let mut outcome = BatchOutcome {
             done: from,
             published: 0,
@@ -711,7 +719,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
         Routed::NotMine
     }
 
-    async fn commit_checkpoint(&self, position: Position) -> Result<(), RelayError> {
+    async fn commit_checkpoint(&mut self, position: Position) -> Result<(), RelayError> {
         let key = self.key();
         let mut transaction = self
             .store
@@ -732,6 +740,13 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             .commit(transaction)
             .await
             .map_err(|e| self.store_error(e))
+    }
+}
+
+fn relay_store_error(relay: String, source: StoreError) -> RelayError {
+    match source {
+        StoreError::LockLost { .. } => RelayError::LockLost { relay },
+        source => RelayError::Store { relay, source },
     }
 }
 
@@ -783,4 +798,19 @@ async fn settle<A: Future<Output = Result<(), BrokerError>>>(
 /// a UUIDv5 in the domain event id's namespace, the same on every publish.
 pub fn integration_event_id(domain_event_id: Uuid, event_type: &str) -> Uuid {
     Uuid::new_v5(&domain_event_id, event_type.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// A relay on any store and publisher runs in a spawned task.
+    #[allow(dead_code)]
+    fn futures_are_send<S: ProjectionStore, P: Publisher>(relay: &mut Relay<S, P>) {
+        is_send(&relay.publish_pending());
+        is_send(&relay.run(async {}));
+        is_send(&relay.lag());
+    }
 }
