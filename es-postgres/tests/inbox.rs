@@ -361,3 +361,61 @@ async fn concurrent_transactions_record_an_event_once() {
     );
     assert_eq!(inbox(&store).await, 2);
 }
+
+/// A relay publishes the store's log, keeps its checkpoint in it, and holds its lock there.
+#[tokio::test]
+async fn a_relay_publishes_the_log_and_keeps_its_checkpoint_in_the_store() {
+    let store = fresh_store().await;
+    for cents in [100, 200, 300] {
+        let event = PaymentEvent::Received {
+            account: "acc-1".into(),
+            cents,
+        };
+        store
+            .append(
+                StreamKey::new("payment", "p-1"),
+                ExpectedVersion::Any,
+                vec![NewEvent::encode(&event, &CommandContext::new().metadata()).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let bus = MemoryBus::new();
+    let mut relay = Relay::new(store.clone(), bus.clone(), "payments").max_in_flight(2);
+    let lock = store
+        .try_lock("relay:payments")
+        .await
+        .unwrap()
+        .expect("free");
+    let error = relay.publish_pending().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            es_core::integration::RelayError::AlreadyRunning { .. }
+        ),
+        "{error:?}"
+    );
+    store.release(lock).await.unwrap();
+    let summary = relay.publish_pending().await.unwrap();
+    assert_eq!(summary.published, 3);
+    let log = store
+        .read_all(LogScope::AllTenants, es_core::Position::START, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint("relay:payments").await.unwrap(),
+        Some(log[2].position)
+    );
+    let published = bus.published();
+    let versions: Vec<Option<&str>> = published
+        .iter()
+        .map(|m| m.header(headers::STREAM_VERSION))
+        .collect();
+    assert_eq!(versions, [Some("1"), Some("2"), Some("3")]);
+    let again = Relay::new(store.clone(), bus.clone(), "payments")
+        .lag()
+        .await
+        .unwrap();
+    assert_eq!((again.checkpoint, again.behind), (log[2].position, 0));
+    let _: &PgStore = relay.store();
+}
