@@ -1,18 +1,4 @@
 //! [`DynStore`]: any store behind one type, chosen at run time.
-//!
-//! A service that picks SQLite or PostgreSQL from its configuration would otherwise be generic
-//! over the store in every handler. `DynStore` erases the store's type (as tower's
-//! `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`] and
-//! [`SqlStore`] by forwarding to the store it was made from, at the cost of one allocation per
-//! call.
-//!
-//! ```
-//! use es_core::{DynStore, MemoryStore};
-//!
-//! let store = DynStore::new(MemoryStore::new()); // or DynStore::new_sql(SqliteStore / PgStore)
-//! let same = store.clone();
-//! # let _ = same;
-//! ```
 
 use std::any::Any;
 use std::fmt;
@@ -35,7 +21,23 @@ use crate::stream::{LogScope, StreamKey};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Any store, behind one cheap-to-clone type: see the [module documentation](self).
+/// Any store, behind one cheap-to-clone type, chosen at run time.
+///
+/// A service that picks SQLite or PostgreSQL from its configuration would otherwise be generic
+/// over the store in every handler. `DynStore` erases the store's type (as tower's
+/// `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`],
+/// [`SqlStore`] and [`InboxStore`] by forwarding to the store it was made from, at the cost of
+/// one allocation per call. Which of the last two the store keeps depends on the constructor:
+/// [`DynStore::new`], [`DynStore::new_sql`], [`DynStore::new_with_inbox`] or
+/// [`DynStore::new_sql_with_inbox`].
+///
+/// ```
+/// use es_core::{DynStore, MemoryStore};
+///
+/// let store = DynStore::new(MemoryStore::new()); // or DynStore::new_sql(SqliteStore / PgStore)
+/// let same = store.clone();
+/// # let _ = same;
+/// ```
 #[derive(Clone)]
 pub struct DynStore {
     inner: Arc<dyn Erased>,

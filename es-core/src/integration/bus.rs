@@ -330,7 +330,7 @@ impl MemorySubscription {
             redeliver_at: now,
         });
         outstanding.deliveries = outstanding.deliveries.saturating_add(1);
-        outstanding.redeliver_at = now + ack_wait;
+        outstanding.redeliver_at = later(now, ack_wait);
         Ok(Ok(MemoryDelivery {
             bus: self.bus.clone(),
             durable: self.durable.clone(),
@@ -345,7 +345,7 @@ impl Subscription for MemorySubscription {
     type Delivery = MemoryDelivery;
 
     async fn next(&mut self, timeout: Duration) -> Result<Option<MemoryDelivery>, BrokerError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         loop {
             let changed = self.bus.shared.changed.notified();
             let mut changed = std::pin::pin!(changed);
@@ -387,7 +387,7 @@ impl MemoryDelivery {
                 }
                 Some(delay) => {
                     if let Some(outstanding) = durable.outstanding.get_mut(&self.index) {
-                        outstanding.redeliver_at = Instant::now() + delay;
+                        outstanding.redeliver_at = later(Instant::now(), delay);
                     }
                 }
             }
@@ -415,6 +415,13 @@ impl Delivery for MemoryDelivery {
         self.settle(Some(delay));
         Ok(())
     }
+}
+
+/// `after` from `now`, or a century from now for a wait longer than the clock can count.
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// The tokens of a subject filter; [`BrokerError::Rejected`] when it is not one.

@@ -143,6 +143,58 @@ enum Handled {
 ///    letters.
 ///
 /// Nothing a message holds makes the consumer panic or stops it from handling the next one.
+///
+/// ```
+/// use std::time::Duration;
+/// use es_core::integration::{Consumer, MemoryBus, Outcome, Relay};
+/// use es_core::projection::{HandlerError, Projection};
+/// use es_core::{CommandContext, Event, EventStore, ExpectedVersion, MemoryStore};
+/// use es_core::{MemoryTransaction, NewEvent, RecordedEvent, StreamKey};
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum OrderEvent { Placed { total_cents: i64 } }
+///
+/// /// Billing's read model of other services' orders.
+/// struct Revenue(std::sync::Arc<std::sync::atomic::AtomicI64>);
+///
+/// impl Projection<MemoryStore> for Revenue {
+///     type Event = OrderEvent;
+///     fn name(&self) -> &str { "revenue" }
+///     async fn handle(
+///         &mut self,
+///         transaction: &mut MemoryTransaction,
+///         event: &OrderEvent,
+///         _: &RecordedEvent,
+///     ) -> Result<(), HandlerError> {
+///         let OrderEvent::Placed { total_cents } = *event;
+///         let revenue = self.0.clone();
+///         transaction.on_commit(move || { revenue.fetch_add(total_cents, std::sync::atomic::Ordering::SeqCst); });
+///         Ok(())
+///     }
+///     async fn reset(&mut self, _: &mut MemoryTransaction) -> Result<(), HandlerError> { Ok(()) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The order service stores an event and its relay publishes it.
+/// let orders = MemoryStore::new();
+/// let placed = NewEvent::encode(&OrderEvent::Placed { total_cents: 1250 }, &CommandContext::new().metadata())?;
+/// orders.append(StreamKey::new("order", "o-1"), ExpectedVersion::NoStream, vec![placed]).await?;
+/// let bus = MemoryBus::new();
+/// let subscription = bus.subscribe("revenue", "es.order.>")?;
+/// Relay::new(orders, bus.clone(), "orders").publish_pending().await?;
+///
+/// // Billing consumes it, in its own store.
+/// let revenue = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+/// let mut consumer = Consumer::new(MemoryStore::new(), Revenue(revenue.clone()), subscription, bus)
+///     .max_deliveries(5);
+/// let outcome = consumer.process_next(Duration::from_secs(1)).await?;
+/// assert!(matches!(outcome, Some(Outcome::Handled)));
+/// assert_eq!(revenue.load(std::sync::atomic::Ordering::SeqCst), 1250);
+/// assert_eq!(consumer.pending().await?, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Consumer<S, P, Sub, D>
 where
     S: InboxStore,
@@ -460,24 +512,49 @@ where
         }
     }
 
+    /// Sends the message to the dead-letter queue, then acknowledges it. Borrows only what it
+    /// needs across its awaits, so the consumer's futures stay `Send` for any projection.
     async fn dead_letter(
-        &self,
+        &mut self,
         delivery: Sub::Delivery,
         reason: &DeadLetterReason,
         attempts: u32,
     ) -> Result<(), ConsumerError> {
+        let consumer = self.name().to_owned();
         let letter = DeadLetteredMessage {
             id: String::new(),
-            consumer: self.name().to_owned(),
+            consumer: consumer.clone(),
             message: delivery.message().clone(),
             error: reason.to_string(),
             attempts,
             failed_at: Utc::now(),
         };
-        self.dead_letters
-            .send(&letter)
-            .await
-            .map_err(|e| self.broker_error(e))?;
-        delivery.ack().await.map_err(|e| self.broker_error(e))
+        let broker = |source| ConsumerError::Broker {
+            consumer: consumer.clone(),
+            source,
+        };
+        self.dead_letters.send(&letter).await.map_err(broker)?;
+        delivery.ack().await.map_err(broker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// A consumer on any store, subscription and queue runs in a spawned task.
+    #[allow(dead_code)]
+    fn futures_are_send<S, P, Sub, D>(consumer: &mut Consumer<S, P, Sub, D>)
+    where
+        S: InboxStore,
+        P: Projection<S>,
+        Sub: Subscription,
+        D: DeadLetterQueue,
+    {
+        is_send(&consumer.process_next(Duration::ZERO));
+        is_send(&consumer.run(async {}));
+        is_send(&consumer.pending());
     }
 }

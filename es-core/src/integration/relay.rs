@@ -358,35 +358,39 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     fn store_error(&self, source: StoreError) -> RelayError {
-        match source {
-            StoreError::LockLost { .. } => RelayError::LockLost { relay: self.key() },
-            source => RelayError::Store {
-                relay: self.key(),
-                source,
-            },
-        }
+        relay_store_error(self.key(), source)
     }
 
     /// The relay's checkpoint: the position of the last event it is done with
     /// ([`Position::START`] before its first commit).
-    pub async fn checkpoint(&self) -> Result<Position, RelayError> {
-        self.store
-            .load_checkpoint(&self.key())
-            .await
-            .map(|checkpoint| checkpoint.unwrap_or(Position::START))
-            .map_err(|e| self.store_error(e))
+    pub fn checkpoint(&self) -> impl Future<Output = Result<Position, RelayError>> + Send + '_ {
+        // The future borrows the store alone, so it is `Send` whatever the store's lock type.
+        let store = &self.store;
+        let key = self.key();
+        async move {
+            store
+                .load_checkpoint(&key)
+                .await
+                .map(|checkpoint| checkpoint.unwrap_or(Position::START))
+                .map_err(|source| relay_store_error(key.clone(), source))
+        }
     }
 
     /// The checkpoint and how many events of the relay's scope follow it.
-    pub async fn lag(&self) -> Result<RelayLag, RelayError> {
-        let checkpoint = self.checkpoint().await?;
-        let behind = self
-            .store
-            .count_after(self.scope(), checkpoint)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        tracing::debug!(relay = %self.key(), %checkpoint, behind, "relay lag");
-        Ok(RelayLag { checkpoint, behind })
+    pub fn lag(&self) -> impl Future<Output = Result<RelayLag, RelayError>> + Send + '_ {
+        let store = &self.store;
+        let key = self.key();
+        let scope = self.scope();
+        let checkpoint = self.checkpoint();
+        async move {
+            let checkpoint = checkpoint.await?;
+            let behind = store
+                .count_after(scope, checkpoint)
+                .await
+                .map_err(|source| relay_store_error(key.clone(), source))?;
+            tracing::debug!(relay = %key, %checkpoint, behind, "relay lag");
+            Ok(RelayLag { checkpoint, behind })
+        }
     }
 
     /// Publishes every event after the checkpoint, up to the head of the log as it is when each
@@ -432,8 +436,25 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Position, RelayError> {
         let mut shutdown = pin!(shutdown);
+        let mut failures = 0u32;
         loop {
-            let (summary, stopped) = self.catch_up(shutdown.as_mut(), true).await?;
+            let (summary, stopped) = match self.catch_up(shutdown.as_mut(), true).await {
+                Ok(caught_up) => {
+                    failures = 0;
+                    caught_up
+                }
+                // Loading the checkpoint failed: the only store error `catch_up` passes on
+                // that retrying may mend.
+                Err(RelayError::Store { source, .. }) if source.is_transient() => {
+                    failures += 1;
+                    tracing::warn!(relay = %self.key(), error = %source, failures, "relay could not read its checkpoint; retrying");
+                    if self.pause(failures, shutdown.as_mut()).await {
+                        return self.checkpoint().await;
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if stopped {
                 return Ok(summary.checkpoint);
             }
@@ -542,9 +563,26 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             summary.published += outcome.published;
             summary.skipped += outcome.skipped;
             if outcome.done > summary.checkpoint {
-                self.commit_checkpoint(outcome.done).await?;
-                summary.checkpoint = outcome.done;
-                failures = 0;
+                match self.commit_checkpoint(outcome.done).await {
+                    Ok(()) => {
+                        summary.checkpoint = outcome.done;
+                        failures = 0;
+                    }
+                    Err(RelayError::Store { source, .. }) if source.is_transient() => {
+                        // Published but not committed: published again from the checkpoint,
+                        // where the broker drops the duplicates.
+                        failures += 1;
+                        if !persistent && failures >= self.retry.max_attempts {
+                            return Err(self.store_error(source));
+                        }
+                        tracing::warn!(relay = %self.key(), error = %source, failures, "relay could not commit its checkpoint; retrying");
+                        if self.pause(failures, shutdown.as_mut()).await {
+                            return Ok((summary, true));
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             match outcome.failure {
                 None => {}
@@ -594,7 +632,11 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     /// Waits the backoff after `failures` failures; `true` if `shutdown` completed meanwhile.
-    async fn pause<F: Future<Output = ()>>(&self, failures: u32, shutdown: Pin<&mut F>) -> bool {
+    async fn pause<F: Future<Output = ()>>(
+        &mut self,
+        failures: u32,
+        shutdown: Pin<&mut F>,
+    ) -> bool {
         let sleep = pin!(tokio::time::sleep(self.retry.backoff(failures)));
         matches!(
             futures_util::future::select(shutdown, sleep).await,
@@ -603,7 +645,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     /// Publishes a batch, pipelined; stops at the first failure.
-    async fn publish_batch(&self, batch: &[RecordedEvent], from: Position) -> BatchOutcome {
+    async fn publish_batch(&mut self, batch: &[RecordedEvent], from: Position) -> BatchOutcome {
         let mut outcome = BatchOutcome {
             done: from,
             published: 0,
@@ -616,7 +658,6 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             let routed = self.route(event);
             let message = match routed {
                 Routed::NotMine | Routed::Skip => {
-                    outcome.skipped += 1;
                     in_flight.push_back((event.position, None));
                     continue;
                 }
@@ -678,7 +719,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
         Routed::NotMine
     }
 
-    async fn commit_checkpoint(&self, position: Position) -> Result<(), RelayError> {
+    async fn commit_checkpoint(&mut self, position: Position) -> Result<(), RelayError> {
         let key = self.key();
         let mut transaction = self
             .store
@@ -702,11 +743,19 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 }
 
+fn relay_store_error(relay: String, source: StoreError) -> RelayError {
+    match source {
+        StoreError::LockLost { .. } => RelayError::LockLost { relay },
+        source => RelayError::Store { relay, source },
+    }
+}
+
 /// Events in log order with their pending acknowledgement (`None`: skipped).
 type InFlight<A> = VecDeque<(Position, Option<Pin<Box<A>>>)>;
 
 /// Awaits acknowledgements in order until at most `keep` are outstanding, moving
-/// `outcome.done` past each event acknowledged or skipped; stops at the first failed one.
+/// `outcome.done` past each event acknowledged or skipped (and counting them); stops at the
+/// first failed one.
 async fn settle<A: Future<Output = Result<(), BrokerError>>>(
     in_flight: &mut InFlight<A>,
     unacked: &mut usize,
@@ -718,6 +767,7 @@ async fn settle<A: Future<Output = Result<(), BrokerError>>>(
             None => return Ok(()),
             Some((position, None)) => {
                 outcome.done = *position;
+                outcome.skipped += 1;
                 in_flight.pop_front();
             }
             Some((position, Some(ack))) => {
@@ -748,4 +798,19 @@ async fn settle<A: Future<Output = Result<(), BrokerError>>>(
 /// a UUIDv5 in the domain event id's namespace, the same on every publish.
 pub fn integration_event_id(domain_event_id: Uuid, event_type: &str) -> Uuid {
     Uuid::new_v5(&domain_event_id, event_type.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// A relay on any store and publisher runs in a spawned task.
+    #[allow(dead_code)]
+    fn futures_are_send<S: ProjectionStore, P: Publisher>(relay: &mut Relay<S, P>) {
+        is_send(&relay.publish_pending());
+        is_send(&relay.run(async {}));
+        is_send(&relay.lag());
+    }
 }
