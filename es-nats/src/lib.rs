@@ -62,7 +62,8 @@
 //! // store's inbox, retries, dead letters.
 //! let mut consumer = nats.consumer(MemoryStore::new(), Totals(0)).await?;
 //! while consumer.process_next(Duration::from_secs(1)).await?.is_some() {}
-//! println!("total {}, {} waiting", consumer.projection().0, consumer.pending().await?);
+//! let waiting = consumer.pending().await?;
+//! println!("total {}, {waiting} waiting", consumer.projection().0);
 //!
 //! // What it gave up on, listed and re-driven.
 //! for letter in nats.dead_letters().await?.list("order-totals").await? {
