@@ -29,18 +29,74 @@ pub(crate) fn unique_prefix(name: &str) -> String {
 }
 
 /// Connects to the machine's server with a fresh prefix (its own stream, memory storage).
+/// The first call of a test process deletes the streams earlier test runs left on the server
+/// (named after their prefixes, `T<name><pid>X<random>` and `DLQ_T...`) an hour after their
+/// creation.
 pub(crate) async fn connect(name: &str) -> EsNats {
     let url = nats_url();
     let prefix = unique_prefix(name);
     let settings = StreamSettings::for_prefix(&prefix).storage(Storage::Memory);
-    EsNats::connect_with(&url, &prefix, settings)
+    let nats = EsNats::connect_with(&url, &prefix, settings)
         .await
         .unwrap_or_else(|error| {
             panic!(
                 "these tests need a NATS server with JetStream at {url}: start one with \
                  `nats-server -js` (or set NATS_URL): {error}"
             )
+        });
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        sweep_old_test_streams(&nats).await;
+    }
+    nats
+}
+
+static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a stream name is one a test made: `T<letters or dashes><digits>X<digits>`, or that
+/// with `DLQ_` before it.
+fn is_test_stream(name: &str) -> bool {
+    let name = name.strip_prefix("DLQ_").unwrap_or(name);
+    let Some(rest) = name.strip_prefix('T') else {
+        return false;
+    };
+    let Some((head, random)) = rest.rsplit_once('X') else {
+        return false;
+    };
+    let pid_start = head.find(|c: char| c.is_ascii_digit());
+    !random.is_empty()
+        && random.bytes().all(|b| b.is_ascii_digit())
+        && pid_start.is_some_and(|start| {
+            start > 0
+                && head[..start]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-')
+                && head[start..].bytes().all(|b| b.is_ascii_digit())
         })
+}
+
+async fn sweep_old_test_streams(nats: &EsNats) {
+    use futures_util::StreamExt;
+    let mut streams = nats.jetstream().streams();
+    let mut old = Vec::new();
+    while let Some(Ok(info)) = streams.next().await {
+        let age = chrono::Utc::now() - info.created;
+        if is_test_stream(&info.config.name) && age > chrono::Duration::hours(1) {
+            old.push(info.config.name);
+        }
+    }
+    for name in old {
+        let _ = nats.jetstream().delete_stream(&name).await;
+    }
+}
+
+#[test]
+fn test_stream_names_are_recognised() {
+    assert!(is_test_stream("TPUBLISH7128X1864159569"));
+    assert!(is_test_stream("DLQ_TSIG-KILL42X7"));
+    assert!(!is_test_stream("ORDERS"));
+    assert!(!is_test_stream("TOTALS"));
+    assert!(!is_test_stream("DLQ_ORDERS"));
+    assert!(!is_test_stream("T42X7"));
 }
 
 /// A free TCP port on 127.0.0.1.
