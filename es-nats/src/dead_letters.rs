@@ -31,9 +31,6 @@ pub mod dead_letter_headers {
     pub const HEADERS: &str = "Es-Dlq-Headers";
 }
 
-/// The header of the event id the relay sets; a re-driven message keeps it.
-const EVENT_ID: &str = "Es-Event-Id";
-
 /// The longest error kept in a dead letter, in bytes.
 const MAX_ERROR_LEN: usize = 2_048;
 
@@ -225,7 +222,7 @@ impl DeadLetterQueue for JetStreamDeadLetters {
         }
         let mut message = letter.message;
         let event_id = message
-            .header(EVENT_ID)
+            .header(headers::EVENT_ID)
             .or_else(|| message.header(headers::MSG_ID))
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{}.{sequence}", self.stream));

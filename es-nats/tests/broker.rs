@@ -18,7 +18,7 @@ fn message(prefix: &str, id: &str, n: u32) -> Message {
         subject: subject(prefix, "order", "Placed"),
         headers: vec![
             (headers::MSG_ID.to_owned(), id.to_owned()),
-            ("Es-Event-Id".to_owned(), id.to_owned()),
+            (headers::EVENT_ID.to_owned(), id.to_owned()),
             (headers::EVENT_TYPE.to_owned(), "Placed".to_owned()),
         ],
         payload: format!("{{\"n\":{n}}}").into_bytes(),
@@ -121,7 +121,7 @@ async fn a_retried_message_comes_back_after_its_delay_with_the_next_attempt() {
         started.elapsed()
     );
     assert_eq!(second.attempt(), 2);
-    assert_eq!(second.message().header("Es-Event-Id"), Some("r-1"));
+    assert_eq!(second.message().header(headers::EVENT_ID), Some("r-1"));
     second.ack().await.unwrap();
 }
 
@@ -247,7 +247,7 @@ async fn dead_letters_are_listed_per_consumer_oldest_first_and_redriven_with_a_n
         .unwrap();
     assert_eq!(redriven.message().subject, original.subject);
     assert_eq!(redriven.message().payload, original.payload);
-    assert_eq!(redriven.message().header("Es-Event-Id"), Some("ev-1"));
+    assert_eq!(redriven.message().header(headers::EVENT_ID), Some("ev-1"));
     assert_eq!(
         redriven.message().header(headers::MSG_ID),
         Some(format!("ev-1.redrive.{}", listed[0].id).as_str())
