@@ -208,6 +208,18 @@ async fn relay_killed_with_sigkill_at_random_moments_loses_and_duplicates_nothin
     assert_exactly_once_in_order(&ledger.rows(&consumer_store).await, &expected);
     let dead = nats.dead_letters().await.unwrap();
     assert!(dead.list("sigkill-ledger").await.unwrap().is_empty());
+    // Whatever the killed relays published again, JetStream's duplicate window dropped.
+    assert_eq!(stream_messages(&nats).await, total as u64);
+}
+
+/// How many messages the events stream holds.
+async fn stream_messages(nats: &EsNats) -> u64 {
+    let mut stream = nats
+        .jetstream()
+        .get_stream(&nats.stream_settings().name)
+        .await
+        .expect("the events stream exists");
+    stream.info().await.expect("stream info").state.messages
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
