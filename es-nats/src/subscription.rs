@@ -147,7 +147,7 @@ impl JetStreamSubscription {
         // Messages delivered to an earlier instance and never acknowledged (it crashed) come
         // back once their ack wait passes; pulling before then would get newer messages first.
         let hold_until = (consumer.cached_info().num_ack_pending > 0).then(|| {
-            tokio::time::Instant::now() + settings.ack_wait * 5 / 4 + Duration::from_millis(200)
+            tokio::time::Instant::now() + settings.ack_wait * 3 / 2 + Duration::from_millis(500)
         });
         Ok(Self {
             jetstream: jetstream.clone(),

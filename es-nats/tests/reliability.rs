@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::ledger::{self, Ledger, assert_exactly_once_in_order};
@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 /// The SQLite options every process of a test uses: a short relay lease, so that the relay
 /// after a killed one takes over quickly.
 fn sqlite_options() -> SqliteOptions {
-    SqliteOptions::default().lock_lease(Duration::from_secs(1))
+    SqliteOptions::default().lock_lease(Duration::from_millis(500))
 }
 
 async fn open(path: &Path) -> SqliteStore {
@@ -111,33 +111,61 @@ async fn relay_child_process() {
     ) else {
         panic!("relay_child_process is started by the SIGKILL test, with ES_NATS_RELAY_* set");
     };
+    // The test holds this process's standard input: when it ends (the test finished or died),
+    // so does the relay.
+    std::thread::spawn(|| {
+        let mut byte = [0u8; 1];
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut byte);
+        std::process::exit(0);
+    });
     let store = open(Path::new(&db)).await;
     let nats = connect_to(&url, &prefix, Storage::Memory).await;
     let mut relay = Relay::new(store, nats.publisher(), "sigkill")
         .subject_prefix(prefix.as_str())
         .batch_size(25)
         .idle_timeout(Duration::from_millis(200));
+    // As a supervisor would: wait while a killed predecessor's lease runs, start again after
+    // losing the lock (a heartbeat late under load).
     loop {
         match relay.run(std::future::pending()).await {
-            Err(RelayError::AlreadyRunning { .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(RelayError::AlreadyRunning { .. } | RelayError::LockLost { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             other => panic!("the relay stopped: {other:?}"),
         }
     }
 }
 
-fn spawn_relay_child(db: &Path, url: &str, prefix: &str) -> Child {
+/// A relay process, killed (SIGKILL) when dropped, so that none outlives a failed test.
+struct RelayProcess(Child);
+
+impl RelayProcess {
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL the relay"); // Child::kill sends SIGKILL on Unix.
+        self.0.wait().expect("the killed relay is reaped");
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_relay_child(db: &Path, url: &str, prefix: &str) -> RelayProcess {
     let exe = std::env::current_exe().expect("the test binary's path");
-    Command::new(exe)
+    let child = Command::new(exe)
         .args(["--ignored", "--exact", "relay_child_process", "--nocapture"])
         .env("ES_NATS_RELAY_DB", db)
         .env("ES_NATS_RELAY_URL", url)
         .env("ES_NATS_RELAY_PREFIX", prefix)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("the relay process starts")
+        .expect("the relay process starts");
+    RelayProcess(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,51 +187,50 @@ async fn relay_killed_with_sigkill_at_random_moments_loses_and_duplicates_nothin
 
     // Writers append to six streams while the relay is killed again and again.
     const STREAMS: i64 = 6;
-    const PER_STREAM: i64 = 60;
-    let written = Arc::new(AtomicU64::new(0));
+    let stop_writing = Arc::new(AtomicBool::new(false));
     let writers = {
         let producer = producer.clone();
-        let written = written.clone();
+        let stop_writing = stop_writing.clone();
         tokio::spawn(async move {
-            for n in 0..PER_STREAM {
+            let mut rounds = 0;
+            while !stop_writing.load(Ordering::Relaxed) {
                 for stream in 0..STREAMS {
-                    ledger::append(&producer, &format!("s-{stream}"), n).await;
-                    written.fetch_add(1, Ordering::Relaxed);
+                    ledger::append(&producer, &format!("s-{stream}"), rounds).await;
                 }
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(5..40))).await;
+                rounds += 1;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(20..80))).await;
             }
+            rounds
         })
     };
     let url = common::nats_url();
-    let mut kills = 0;
-    while !writers.is_finished() || kills < 6 {
+    let kills = fastrand::usize(6..9);
+    for _ in 0..kills {
         let mut relay = spawn_relay_child(&producer_db, &url, nats.prefix());
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1_500))).await;
-        relay.kill().expect("SIGKILL the relay"); // Child::kill sends SIGKILL on Unix.
-        relay.wait().expect("the killed relay is reaped");
-        kills += 1;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1_200))).await;
+        assert!(
+            !writers.is_finished(),
+            "the writers append while the relay is killed"
+        );
+        relay.kill();
     }
-    writers.await.unwrap();
-    assert!(kills >= 6, "the relay was killed {kills} times");
-    assert_eq!(
-        written.load(Ordering::Relaxed),
-        (STREAMS * PER_STREAM) as u64
-    );
+    stop_writing.store(true, Ordering::Relaxed);
+    let per_stream = writers.await.unwrap();
+    assert!(per_stream > 20, "{per_stream} rounds of appends");
 
     let before_last = ledger.count(&consumer_store).await;
     assert!(before_last > 0, "the killed relays published some events");
 
     // The last relay runs to the end.
     let mut relay = spawn_relay_child(&producer_db, &url, nats.prefix());
-    let total = (STREAMS * PER_STREAM) as usize;
+    let total = (STREAMS * per_stream) as usize;
     wait_for_rows(&consumer_store, &ledger, total, Duration::from_secs(60)).await;
-    relay.kill().unwrap();
-    relay.wait().unwrap();
+    relay.kill();
     let _ = stop_consumer.send(());
     consumer.await.unwrap();
 
     let expected: BTreeMap<String, i64> = (0..STREAMS)
-        .map(|stream| (format!("s-{stream}"), PER_STREAM))
+        .map(|stream| (format!("s-{stream}"), per_stream))
         .collect();
     assert_exactly_once_in_order(&ledger.rows(&consumer_store).await, &expected);
     let dead = nats.dead_letters().await.unwrap();
@@ -362,11 +389,12 @@ async fn a_consumer_dying_mid_batch_has_exactly_once_effects_through_the_inbox()
             .ack_wait(Duration::from_secs(1))
             .batch(50);
     let dead_letters = nats.dead_letters().await.unwrap();
-    // The first consumer handles 37 events, the 37th's acknowledgement lost, and dies with a
-    // pulled batch in hand.
+    // The first consumer, on a connection of its own, handles 37 events, the 37th's
+    // acknowledgement lost, and dies with a pulled batch in hand: its connection closes.
     {
+        let own = connect_to(&common::nats_url(), nats.prefix(), Storage::Memory).await;
         let subscription = LosesAckOf {
-            inner: nats.subscribe_with(settings.clone()).await.unwrap(),
+            inner: own.subscribe_with(settings.clone()).await.unwrap(),
             lose: 37,
             seen: 0,
         };
@@ -399,9 +427,11 @@ async fn a_consumer_dying_mid_batch_has_exactly_once_effects_through_the_inbox()
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert_eq!(
-        duplicates, 1,
-        "the event whose acknowledgement was lost came once more"
+    // The event whose acknowledgement was lost came once more; so may the last ones the dying
+    // connection had not flushed yet.
+    assert!(
+        (1..=37).contains(&duplicates),
+        "{duplicates} events came again and changed nothing"
     );
     let expected: BTreeMap<String, i64> = (0..STREAMS)
         .map(|stream| (format!("m-{stream}"), PER_STREAM))
