@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use es_core::projection::{Projection, ProjectionRunner, ProjectionStore};
+use es_core::projection::{HandlerError, Projection, ProjectionRunner, ProjectionStore};
+use es_core::sql::SqlStore;
 use es_core::{
     Aggregate, CommandContext, Event, EventStore, ExpectedVersion, Handle, Metadata, NewEvent,
-    Repository, StreamKey,
+    RecordedEvent, Repository, StreamKey,
 };
 use es_examples::order::{
     Address, InventoryReserved, OrderConfirmed, OrderCreated, OrderEvent, OrderItem,
@@ -873,15 +874,41 @@ fn order_table_sql(table: &str, time: &str) -> String {
     )
 }
 
-async fn catch_up_ours<S: ProjectionStore>(store: &S, list: OrderList) -> Result<(), BenchError>
-where
-    OrderList: Projection<S>,
-{
+async fn catch_up_ours<S: ProjectionStore, P: Projection<S>>(
+    store: &S,
+    list: P,
+) -> Result<(), BenchError> {
     ProjectionRunner::new(store.clone(), list)
         .batch_size(500)
         .catch_up()
         .await?;
     Ok(())
+}
+
+/// The order list through its per-event `handle` alone (the trait's default batch handler):
+/// one statement per event, as before the set-based batch handler.
+#[derive(Debug, Clone)]
+struct PerEvent(OrderList);
+
+impl<S: SqlStore> Projection<S> for PerEvent {
+    type Event = OrderEvent;
+
+    fn name(&self) -> &str {
+        Projection::<S>::name(&self.0)
+    }
+
+    async fn handle(
+        &mut self,
+        transaction: &mut S::Transaction,
+        event: &OrderEvent,
+        envelope: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        Projection::<S>::handle(&mut self.0, transaction, event, envelope).await
+    }
+
+    async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
+        Projection::<S>::reset(&mut self.0, transaction).await
+    }
 }
 
 /// W7: projection catch-up of 100,000 events into the order list table.
@@ -940,6 +967,18 @@ async fn w7(
         .await?;
         Ok(())
     };
+    let baseline_side = async |_| -> Result<Duration, BenchError> {
+        reset(&base_table, base_name).await?;
+        let started = Instant::now();
+        let done = baseline
+            .catch_up_orders(&base_table, base_name, 500)
+            .await?;
+        let elapsed = started.elapsed();
+        if done != events || count_confirmed(&base_table).await? != orders as i64 {
+            return Err("baseline: the order list misses orders".into());
+        }
+        Ok(elapsed)
+    };
     let timings = alternate(
         settings,
         async |_| -> Result<Duration, BenchError> {
@@ -952,18 +991,22 @@ async fn w7(
             }
             Ok(elapsed)
         },
+        baseline_side,
+    )
+    .await?;
+    let per_event = alternate(
+        settings,
         async |_| -> Result<Duration, BenchError> {
-            reset(&base_table, base_name).await?;
+            reset(list.table(), ours_name).await?;
             let started = Instant::now();
-            let done = baseline
-                .catch_up_orders(&base_table, base_name, 500)
-                .await?;
+            on_store!(store, s => catch_up_ours(s, PerEvent(list.clone())).await?);
             let elapsed = started.elapsed();
-            if done != events || count_confirmed(&base_table).await? != orders as i64 {
-                return Err("baseline: the order list misses orders".into());
+            if count_confirmed(list.table()).await? != orders as i64 {
+                return Err("ours (per event): the order list misses orders".into());
             }
             Ok(elapsed)
         },
+        baseline_side,
     )
     .await?;
     let note = match store {
@@ -974,5 +1017,6 @@ async fn w7(
     };
     Ok(vec![
         Outcome::new("W7", None, events, &timings, None).note(note),
+        Outcome::new("W7", Some("per-event handler"), events, &per_event, None),
     ])
 }
