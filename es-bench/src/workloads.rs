@@ -5,17 +5,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use es_core::projection::{HandlerError, Projection, ProjectionRunner, ProjectionStore};
-use es_core::sql::SqlStore;
+use es_core::projection::{Projection, ProjectionRunner, ProjectionStore};
 use es_core::{
     Aggregate, CommandContext, Event, EventStore, ExpectedVersion, Handle, Metadata, NewEvent,
-    RecordedEvent, Repository, StreamKey,
+    Repository, StreamKey,
 };
 use es_examples::order::{
     Address, InventoryReserved, OrderConfirmed, OrderCreated, OrderEvent, OrderItem,
     PaymentProcessed, total_of,
 };
-use es_examples::order_list::OrderList;
+use es_examples::order_list::{OrderList, PerEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -885,32 +884,6 @@ async fn catch_up_ours<S: ProjectionStore, P: Projection<S>>(
     Ok(())
 }
 
-/// The order list through its per-event `handle` alone (the trait's default batch handler):
-/// one statement per event, as before the set-based batch handler.
-#[derive(Debug, Clone)]
-struct PerEvent(OrderList);
-
-impl<S: SqlStore> Projection<S> for PerEvent {
-    type Event = OrderEvent;
-
-    fn name(&self) -> &str {
-        Projection::<S>::name(&self.0)
-    }
-
-    async fn handle(
-        &mut self,
-        transaction: &mut S::Transaction,
-        event: &OrderEvent,
-        envelope: &RecordedEvent,
-    ) -> Result<(), HandlerError> {
-        Projection::<S>::handle(&mut self.0, transaction, event, envelope).await
-    }
-
-    async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
-        Projection::<S>::reset(&mut self.0, transaction).await
-    }
-}
-
 /// W7: projection catch-up of 100,000 events into the order list table.
 async fn w7(
     store: &Store,
@@ -997,7 +970,7 @@ async fn w7(
     let per_event = alternate(
         settings,
         async |_| -> Result<Duration, BenchError> {
-            reset(list.table(), ours_name).await?;
+            reset(list.table(), "order_list_per_event").await?;
             let started = Instant::now();
             on_store!(store, s => catch_up_ours(s, PerEvent(list.clone())).await?);
             let elapsed = started.elapsed();

@@ -276,20 +276,29 @@ pub trait Projection<S: ProjectionStore>: Send {
         transaction: &mut S::Transaction,
         events: &[Decoded<'_, Self::Event>],
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        async move {
-            for decoded in events {
-                self.handle(transaction, &decoded.event, decoded.envelope)
-                    .await
-                    .map_err(|source| -> HandlerError {
-                        Box::new(EventFailed {
-                            position: decoded.envelope.position,
-                            source,
-                        })
-                    })?;
-            }
-            Ok(())
-        }
+        handle_each(self, transaction, events)
     }
+}
+
+/// What the default [`Projection::handle_batch`] does: `handle` on each event, in order, an
+/// error naming the event it failed on.
+pub(crate) async fn handle_each<S: ProjectionStore, P: Projection<S> + ?Sized>(
+    projection: &mut P,
+    transaction: &mut S::Transaction,
+    events: &[Decoded<'_, P::Event>],
+) -> Result<(), HandlerError> {
+    for decoded in events {
+        projection
+            .handle(transaction, &decoded.event, decoded.envelope)
+            .await
+            .map_err(|source| -> HandlerError {
+                Box::new(EventFailed {
+                    position: decoded.envelope.position,
+                    source,
+                })
+            })?;
+    }
+    Ok(())
 }
 
 /// An event of a batch, decoded, with its envelope: what [`Projection::handle_batch`] gets.

@@ -240,6 +240,32 @@ impl<S: SqlStore> Projection<S> for OrderList {
     }
 }
 
+/// The order list through its per-event `handle` alone (the default batch handler, one
+/// statement per event): the reference the set-based batches are compared with.
+#[derive(Debug, Clone)]
+pub struct PerEvent(pub OrderList);
+
+impl<S: SqlStore> Projection<S> for PerEvent {
+    type Event = OrderEvent;
+
+    fn name(&self) -> &str {
+        "order_list_per_event"
+    }
+
+    async fn handle(
+        &mut self,
+        transaction: &mut S::Transaction,
+        event: &OrderEvent,
+        envelope: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        Projection::<S>::handle(&mut self.0, transaction, event, envelope).await
+    }
+
+    async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
+        Projection::<S>::reset(&mut self.0, transaction).await
+    }
+}
+
 /// The most orders one statement of a batch writes: 9 parameters each stays far below the
 /// parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 pub const ROWS_PER_STATEMENT: usize = 1000;

@@ -4,41 +4,17 @@
 //! that only that event is parked.
 
 use chrono::{TimeZone, Utc};
-use es_core::projection::{HandlerError, Projection, ProjectionRunner, RetryPolicy};
+use es_core::projection::{ProjectionRunner, RetryPolicy};
 use es_core::sql::SqlStore;
-use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamKey};
+use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamKey};
 use es_examples::order::{
     Address, InventoryReserved, OrderCancelled, OrderConfirmed, OrderCreated, OrderEvent,
     OrderItem, PaymentProcessed, total_of,
 };
-use es_examples::order_list::{OrderList, OrderRow};
+use es_examples::order_list::{OrderList, OrderRow, PerEvent};
 
 const TENANTS: [&str; 3] = ["default", "acme", "globex"];
 const ORDERS: usize = 120;
-
-/// The same read model through `handle` alone: what the set-based batches must equal.
-struct PerEvent(OrderList);
-
-impl<S: SqlStore> Projection<S> for PerEvent {
-    type Event = OrderEvent;
-
-    fn name(&self) -> &str {
-        "order_list_per_event"
-    }
-
-    async fn handle(
-        &mut self,
-        transaction: &mut S::Transaction,
-        event: &OrderEvent,
-        envelope: &RecordedEvent,
-    ) -> Result<(), HandlerError> {
-        Projection::<S>::handle(&mut self.0, transaction, event, envelope).await
-    }
-
-    async fn reset(&mut self, transaction: &mut S::Transaction) -> Result<(), HandlerError> {
-        Projection::<S>::reset(&mut self.0, transaction).await
-    }
-}
 
 /// Order `n`'s events: how far it gets depends on `n`; some are cancelled early.
 fn lifecycle(n: usize) -> Vec<OrderEvent> {

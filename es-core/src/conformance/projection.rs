@@ -24,8 +24,8 @@ use crate::event::{DecodeError, Event, EventSchema, EventType};
 use crate::json::RawJson;
 use crate::memory::{MemoryStore, MemoryTransaction};
 use crate::projection::{
-    Decoded, EventFailed, HandlerError, OnFailure, Progress, Projection, ProjectionError,
-    ProjectionRunner, ProjectionStore, RetryPolicy,
+    Decoded, HandlerError, OnFailure, Progress, Projection, ProjectionError, ProjectionRunner,
+    ProjectionStore, RetryPolicy,
 };
 use crate::store::{ExpectedVersion, StoreError};
 use crate::stream::{LogScope, StreamKey, Tenant};
@@ -402,18 +402,7 @@ impl<H: ProjectionHarness> Projection<H::Store> for Recorder<H> {
         events: &[Decoded<'_, Tested>],
     ) -> Result<(), HandlerError> {
         if !self.set_based {
-            // What the trait's default does.
-            for decoded in events {
-                self.handle(transaction, &decoded.event, decoded.envelope)
-                    .await
-                    .map_err(|source| -> HandlerError {
-                        Box::new(EventFailed {
-                            position: decoded.envelope.position,
-                            source,
-                        })
-                    })?;
-            }
-            return Ok(());
+            return crate::projection::handle_each(self, transaction, events).await;
         }
         self.batches.lock().unwrap().push(events.len());
         for decoded in events {
