@@ -242,8 +242,9 @@ fn rewrite_refs(value: &mut Value, target: &dyn Fn(&str) -> String) {
 fn headers_schema() -> Value {
     let string = |description: &str| json!({ "type": "string", "description": description });
     let properties: Map<String, Value> = [
-        (headers::MSG_ID, string("The event id (a UUID); JetStream de-duplicates by it.")),
-        (headers::TENANT, string("The tenant the event belongs to; absent for single-tenant stores.")),
+        (headers::MSG_ID, string("The message id: the event id (a UUID) when first published, a new id when re-driven; JetStream de-duplicates by it.")),
+        (headers::EVENT_ID, json!({ "type": "string", "format": "uuid", "description": "The event id, never changed: consumers recognise events they already processed by it." })),
+        (headers::TENANT, string("The tenant the event belongs to (`default` for single-tenant stores; absent means `default`). Percent-encoded outside printable ASCII, like every free-text header.")),
         (headers::STREAM_TYPE, string("The stream type (aggregate name).")),
         (headers::STREAM_ID, string("The stream id.")),
         (headers::STREAM_VERSION, json!({ "type": "string", "pattern": "^[1-9][0-9]*$", "description": "The event's version in its stream, from 1, in decimal." })),
@@ -263,7 +264,7 @@ fn headers_schema() -> Value {
         "description": "The headers of every published event.",
         "properties": properties,
         "required": [
-            headers::MSG_ID, headers::STREAM_TYPE, headers::STREAM_ID, headers::STREAM_VERSION,
+            headers::MSG_ID, headers::EVENT_ID, headers::STREAM_TYPE, headers::STREAM_ID, headers::STREAM_VERSION,
             headers::POSITION, headers::EVENT_TYPE, headers::SCHEMA_VERSION,
             headers::RECORDED_AT, headers::CONTENT_TYPE
         ],

@@ -8,9 +8,13 @@
 //! es_core::projection_conformance_tests!(es_core::conformance::projection::MemoryHarness::default());
 //! ```
 //!
+//! A store with an inbox runs the inbox suite ([`inbox`]) too:
+//! `es_core::inbox_conformance_tests!(async { es_core::MemoryStore::new() });`.
+//!
 //! The expression is evaluated anew for each case, so each case gets an empty store. The
 //! calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 
+pub mod inbox;
 pub mod projection;
 pub mod repository;
 pub mod sql;

@@ -183,6 +183,11 @@ pub(crate) fn check_name(field: Field, name: &str) -> Result<(), InputRule> {
     check_text(field, name, MAX_NAME_BYTES)
 }
 
+/// A stream id.
+pub(crate) fn check_stream_id(id: &str) -> Result<(), InputRule> {
+    check_text(Field::StreamId, id, MAX_STREAM_ID_BYTES)
+}
+
 fn check_text(field: Field, text: &str, max: usize) -> Result<(), InputRule> {
     if text.is_empty() {
         Err(InputRule::Empty { field })

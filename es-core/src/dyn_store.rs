@@ -1,18 +1,4 @@
 //! [`DynStore`]: any store behind one type, chosen at run time.
-//!
-//! A service that picks SQLite or PostgreSQL from its configuration would otherwise be generic
-//! over the store in every handler. `DynStore` erases the store's type (as tower's
-//! `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`] and
-//! [`SqlStore`] by forwarding to the store it was made from, at the cost of one allocation per
-//! call.
-//!
-//! ```
-//! use es_core::{DynStore, MemoryStore};
-//!
-//! let store = DynStore::new(MemoryStore::new()); // or DynStore::new_sql(SqliteStore / PgStore)
-//! let same = store.clone();
-//! # let _ = same;
-//! ```
 
 use std::any::Any;
 use std::fmt;
@@ -24,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::envelope::{NewEvent, Position, RecordedEvent};
+use crate::integration::InboxStore;
 use crate::projection::{DeadLetter, ProjectionStore};
 use crate::sql::{SqlDialect, SqlRow, SqlStore, SqlValue};
 use crate::store::{
@@ -34,7 +21,23 @@ use crate::stream::{LogScope, StreamKey};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Any store, behind one cheap-to-clone type: see the [module documentation](self).
+/// Any store, behind one cheap-to-clone type, chosen at run time.
+///
+/// A service that picks SQLite or PostgreSQL from its configuration would otherwise be generic
+/// over the store in every handler. `DynStore` erases the store's type (as tower's
+/// `BoxCloneService` erases a service's): it implements [`EventStore`], [`ProjectionStore`],
+/// [`SqlStore`] and [`InboxStore`] by forwarding to the store it was made from, at the cost of
+/// one allocation per call. Which of the last two the store keeps depends on the constructor:
+/// [`DynStore::new`], [`DynStore::new_sql`], [`DynStore::new_with_inbox`] or
+/// [`DynStore::new_sql_with_inbox`].
+///
+/// ```
+/// use es_core::{DynStore, MemoryStore};
+///
+/// let store = DynStore::new(MemoryStore::new()); // or DynStore::new_sql(SqliteStore / PgStore)
+/// let same = store.clone();
+/// # let _ = same;
+/// ```
 #[derive(Clone)]
 pub struct DynStore {
     inner: Arc<dyn Erased>,
@@ -88,7 +91,45 @@ impl DynStore {
         S::Lock: Sync + 'static,
     {
         Self {
-            inner: Arc::new(Typed { store, sql: None }),
+            inner: Arc::new(Typed {
+                store,
+                sql: None,
+                inbox: None,
+            }),
+        }
+    }
+
+    /// Erases the type of a store with an inbox, keeping its inbox: consumers
+    /// ([`Consumer`](crate::integration::Consumer)) run on the result.
+    pub fn new_with_inbox<S>(store: S) -> Self
+    where
+        S: InboxStore,
+        S::Transaction: 'static,
+        S::Lock: Sync + 'static,
+    {
+        Self {
+            inner: Arc::new(Typed {
+                store,
+                sql: None,
+                inbox: Some(record_processed::<S>),
+            }),
+        }
+    }
+
+    /// Erases the type of a SQL store with an inbox (SQLite, PostgreSQL), keeping both: SQL read
+    /// models and consumers run on the result.
+    pub fn new_sql_with_inbox<S>(store: S) -> Self
+    where
+        S: SqlStore + InboxStore,
+        S::Transaction: 'static,
+        S::Lock: Sync + 'static,
+    {
+        Self {
+            inner: Arc::new(Typed {
+                store,
+                sql: Some(SqlFns::of()),
+                inbox: Some(record_processed::<S>),
+            }),
         }
     }
 
@@ -102,12 +143,8 @@ impl DynStore {
         Self {
             inner: Arc::new(Typed {
                 store,
-                sql: Some(SqlFns {
-                    dialect: S::dialect,
-                    execute: execute_sql::<S>,
-                    query_in: query_sql_in::<S>,
-                    query: query_sql::<S>,
-                }),
+                sql: Some(SqlFns::of()),
+                inbox: None,
             }),
         }
     }
@@ -254,12 +291,46 @@ trait Erased: Send + Sync + 'static {
         statement: &'a str,
         params: &'a [SqlValue],
     ) -> BoxFuture<'a, Result<Vec<SqlRow>, StoreError>>;
+    fn record_processed<'a>(
+        &'a self,
+        transaction: &'a mut DynTransaction,
+        consumer: &'a str,
+        event_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
-/// A store and, for a SQL store, its SQL methods.
+/// A store and, for a SQL store, its SQL methods; for a store with an inbox, its inbox.
 struct Typed<S: ProjectionStore> {
     store: S,
     sql: Option<SqlFns<S>>,
+    inbox: Option<RecordProcessed<S>>,
+}
+
+type RecordProcessed<S> = for<'a> fn(
+    &'a S,
+    &'a mut <S as ProjectionStore>::Transaction,
+    &'a str,
+    Uuid,
+) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+fn record_processed<'a, S: InboxStore>(
+    store: &'a S,
+    transaction: &'a mut S::Transaction,
+    consumer: &'a str,
+    event_id: Uuid,
+) -> BoxFuture<'a, Result<bool, StoreError>> {
+    Box::pin(store.record_processed(transaction, consumer, event_id))
+}
+
+impl<S: SqlStore> SqlFns<S> {
+    fn of() -> Self {
+        SqlFns {
+            dialect: S::dialect,
+            execute: execute_sql::<S>,
+            query_in: query_sql_in::<S>,
+            query: query_sql::<S>,
+        }
+    }
 }
 
 type Execute<S> = for<'a> fn(
@@ -319,6 +390,15 @@ fn no_sql(type_name: &str) -> StoreError {
         "run a SQL statement",
         format!(
             "`{type_name}` is not a SQL store (or was erased with `DynStore::new`, not `DynStore::new_sql`)"
+        ),
+    )
+}
+
+fn no_inbox(type_name: &str) -> StoreError {
+    StoreError::backend(
+        "record a processed event",
+        format!(
+            "`{type_name}` keeps no inbox (or was erased with `DynStore::new` or `new_sql`, not `new_with_inbox` or `new_sql_with_inbox`)"
         ),
     )
 }
@@ -596,6 +676,21 @@ where
             None => Box::pin(std::future::ready(Err(no_sql(self.type_name())))),
         }
     }
+
+    fn record_processed<'a>(
+        &'a self,
+        transaction: &'a mut DynTransaction,
+        consumer: &'a str,
+        event_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let Some(record) = self.inbox else {
+            return Box::pin(std::future::ready(Err(no_inbox(self.type_name()))));
+        };
+        match Self::transaction(transaction) {
+            Ok(transaction) => record(&self.store, transaction, consumer, event_id),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
 }
 
 impl EventStore for DynStore {
@@ -768,6 +863,22 @@ impl ProjectionStore for DynStore {
         timeout: Duration,
     ) -> Result<(), StoreError> {
         self.inner.wait_for_events(scope, after, timeout).await
+    }
+}
+
+impl InboxStore for DynStore {
+    /// Records through the store inside. A `DynStore` made with [`DynStore::new`] or
+    /// [`DynStore::new_sql`] has no inbox: it fails here with [`StoreError::Backend`].
+    async fn record_processed(
+        &self,
+        transaction: &mut DynTransaction,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let store = transaction.store.clone();
+        store
+            .record_processed(transaction, consumer, event_id)
+            .await
     }
 }
 

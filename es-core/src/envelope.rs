@@ -34,7 +34,7 @@ impl Position {
 }
 
 impl fmt::Display for Position {
-    /// `transaction/sequence`, e.g. `812/40`: what [`Position::from_str`] reads back.
+    /// `transaction/sequence`, e.g. `812/40`: what [`FromStr`](std::str::FromStr) reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.transaction, self.sequence)
     }

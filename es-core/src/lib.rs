@@ -8,7 +8,9 @@
 //!
 //! A stream is named by its tenant, its type (the aggregate's name) and its id ([`StreamKey`]);
 //! a service without tenants never names one. Projections ([`projection`]) build read models
-//! from the global log, and [`DynStore`] lets a service pick its store at run time.
+//! from the global log, integration events ([`integration`]) publish it to a broker and
+//! consume other services' events exactly once, and [`DynStore`] lets a service pick its store
+//! at run time.
 //!
 //! ```
 //! use es_core::{Aggregate, Apply, CommandContext, Event, Handle, MemoryStore, Repository};

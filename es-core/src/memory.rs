@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: the whole store in process memory, for tests and prototypes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ struct Inner {
     checkpoints: HashMap<String, Position>,
     /// Parked events per projection, by position.
     dead_letters: HashMap<String, Vec<DeadLetter>>,
+    /// The inbox: the events each consumer processed.
+    inbox: HashSet<(String, Uuid)>,
 }
 
 impl MemoryStore {
@@ -347,6 +349,7 @@ enum Change {
     Park(DeadLetter),
     Unpark(String, Position),
     Reset(String),
+    Processed(String, Uuid),
 }
 
 /// A projection held by a runner; released on drop.
@@ -382,6 +385,28 @@ impl MemoryStore {
     }
 }
 
+impl crate::integration::InboxStore for MemoryStore {
+    /// Recorded in the transaction, kept by the store on commit. Of two uncommitted
+    /// transactions that both record one event, the second to commit fails with a transient
+    /// [`StoreError::Unavailable`]: retried, it finds the event processed.
+    async fn record_processed(
+        &self,
+        transaction: &mut MemoryTransaction,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let key = (consumer.to_owned(), event_id);
+        let in_transaction = transaction.changes.iter().any(
+            |change| matches!(change, Change::Processed(c, id) if *c == key.0 && *id == event_id),
+        );
+        if in_transaction || self.read().inbox.contains(&key) {
+            return Ok(false);
+        }
+        transaction.changes.push(Change::Processed(key.0, event_id));
+        Ok(true)
+    }
+}
+
 impl ProjectionStore for MemoryStore {
     type Transaction = MemoryTransaction;
     type Lock = MemoryLock;
@@ -403,6 +428,21 @@ impl ProjectionStore for MemoryStore {
             });
         }
         drop(locks);
+        // Two transactions that both recorded an event as new: the later commit fails, as the
+        // second insert of a primary key does in SQL, and retrying it finds the event processed.
+        for change in &transaction.changes {
+            if let Change::Processed(consumer, event_id) = change
+                && inner.inbox.contains(&(consumer.clone(), *event_id))
+            {
+                return Err(StoreError::unavailable(
+                    format!(
+                        "record event {event_id} as processed by consumer `{}`",
+                        crate::stream::shown(consumer)
+                    ),
+                    "another transaction recorded it first; retry",
+                ));
+            }
+        }
         for change in transaction.changes {
             match change {
                 Change::Checkpoint(projection, position) => {
@@ -425,6 +465,9 @@ impl ProjectionStore for MemoryStore {
                 Change::Reset(projection) => {
                     inner.checkpoints.remove(&projection);
                     inner.dead_letters.remove(&projection);
+                }
+                Change::Processed(consumer, event_id) => {
+                    inner.inbox.insert((consumer, event_id));
                 }
             }
         }

@@ -19,6 +19,11 @@ mod repository {
     es_core::repository_conformance_tests!(async { DynStore::new(MemoryStore::new()) });
 }
 
+mod inbox {
+    use super::*;
+    es_core::inbox_conformance_tests!(async { DynStore::new_with_inbox(MemoryStore::new()) });
+}
+
 #[tokio::test]
 async fn a_store_without_sql_refuses_statements_and_the_store_inside_can_be_reached() {
     use es_core::projection::ProjectionStore;

@@ -1,4 +1,4 @@
-//! Both conformance suites on `MemoryStore`.
+//! The conformance suites on `MemoryStore`.
 
 mod store {
     es_core::store_conformance_tests!(async { es_core::MemoryStore::new() });
@@ -12,4 +12,8 @@ mod projections {
 
 mod repository {
     es_core::repository_conformance_tests!(async { es_core::MemoryStore::new() });
+}
+
+mod inbox {
+    es_core::inbox_conformance_tests!(async { es_core::MemoryStore::new() });
 }

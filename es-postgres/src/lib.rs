@@ -55,6 +55,10 @@
 //!   the setting `es.tenant`, which the store sets at the start of every transaction on a
 //!   tenant's data, so a role that does not bypass row level security sees and writes one
 //!   tenant's rows only.
+//! - **Inbox** ([`es_core::integration::InboxStore`]): table `inbox` of the schema, keyed by
+//!   consumer and event id, written in the consumer's transaction (`ON CONFLICT DO NOTHING`),
+//!   so an integration event's SQL effects happen once; not tenant-scoped, so it has no row
+//!   level security (a role that runs consumers needs `SELECT, INSERT` on it).
 //! - **Errors**: a database out of reach or too busy is [`es_core::StoreError::Unavailable`]
 //!   (see [`es_core::StoreError::is_transient`]); messages never quote payloads or the server's
 //!   detail.

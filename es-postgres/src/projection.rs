@@ -567,3 +567,25 @@ async fn forward_notifications(
         sender.send_modify(|count| *count = count.wrapping_add(1));
     }
 }
+
+impl es_core::integration::InboxStore for PgStore {
+    /// Inserts `(consumer, event_id)` into the schema's `inbox` table within the transaction
+    /// (`ON CONFLICT DO NOTHING`): `true` when a row was inserted. A second transaction
+    /// recording the same event waits for the first and finds the row once it commits.
+    async fn record_processed(
+        &self,
+        transaction: &mut Self::Transaction,
+        consumer: &str,
+        event_id: uuid::Uuid,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(&self.inner.sql.record_processed)
+            .bind(consumer)
+            .bind(event_id)
+            .execute(&mut **transaction)
+            .await
+            .map_err(failed(format!(
+                "record event {event_id} as processed by consumer `{consumer}`"
+            )))?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}

@@ -44,6 +44,7 @@ pub(crate) struct Sql {
     pub(crate) reset_projection: String,
     pub(crate) dead_letters: String,
     pub(crate) fence: String,
+    pub(crate) record_processed: String,
 }
 
 impl Sql {
@@ -163,6 +164,10 @@ impl Sql {
                  FROM batch",
                 advisory_key(1),
                 advisory_key(2)
+            ),
+            record_processed: s(
+                "INSERT INTO {schema}.inbox (consumer, event_id) VALUES ($1, $2) \
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
             ),
         }
     }

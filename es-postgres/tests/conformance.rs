@@ -27,6 +27,10 @@ mod sql {
     es_core::sql_conformance_tests!(async { es_postgres::testing::store().await });
 }
 
+mod inbox {
+    es_core::inbox_conformance_tests!(async { es_postgres::testing::store().await });
+}
+
 /// The store chosen at run time: the same suites through `DynStore`.
 mod erased {
     use es_core::DynStore;
@@ -49,6 +53,19 @@ mod erased {
             super::DynStore::new_sql(es_postgres::testing::store().await)
         });
     }
+
+    mod inbox {
+        es_core::inbox_conformance_tests!(async {
+            super::DynStore::new_sql_with_inbox(es_postgres::testing::store().await)
+        });
+    }
+}
+
+mod isolated_inbox {
+    es_core::inbox_conformance_tests!(async {
+        let options = es_postgres::testing::options().tenant_isolation(true);
+        es_postgres::testing::store_with(es_postgres::testing::pool().await, options).await
+    });
 }
 
 mod isolated_store {

@@ -138,7 +138,7 @@ async fn a_schema_from_before_tenants_migrates_everything_into_the_default_tenan
     old.close().await.unwrap();
 
     store.migrate().await.expect("the old schema migrates");
-    assert_eq!(applied_migrations(&store).await, 4);
+    assert_eq!(applied_migrations(&store).await, 5);
 
     // Every row is the default tenant's, positions untouched.
     let tenants: Vec<String> = sqlx::query_scalar(&format!(

@@ -51,7 +51,7 @@ async fn two_schemas_in_one_database_are_separate_stores() {
     for store in [&billing, &shipping] {
         assert_eq!(
             applied_migrations(store).await,
-            4,
+            5,
             "schema {}",
             store.schema()
         );
@@ -86,7 +86,7 @@ async fn connecting_migrates_the_chosen_schema_unless_told_not_to() {
     let store = PgStore::connect_with(&url, options.clone()).await.unwrap();
     assert_eq!(store.options(), &options);
     assert_eq!(store.pool().options().get_max_connections(), 3);
-    assert_eq!(applied_migrations(&store).await, 4);
+    assert_eq!(applied_migrations(&store).await, 5);
     store
         .append(key("s"), ExpectedVersion::NoStream, events(1, 1))
         .await

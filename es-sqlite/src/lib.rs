@@ -69,7 +69,8 @@
 //! Besides `<file>` SQLite keeps `<file>-wal` and `<file>-shm` while the database is open:
 //! copy all three, or none while it is in use. Tables, all prefixed `es_` so read models can
 //! live in the same file: `es_events` (the log), `es_snapshots`, `es_checkpoints`,
-//! `es_dead_letters`, `es_projection_locks`, plus sqlx's `_sqlx_migrations`.
+//! `es_dead_letters`, `es_projection_locks`, `es_inbox` (the events each integration-event
+//! consumer processed), plus sqlx's `_sqlx_migrations`.
 //!
 //! # Concurrency
 //!

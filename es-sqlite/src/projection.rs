@@ -486,3 +486,32 @@ impl ProjectionStore for SqliteStore {
         }
     }
 }
+
+impl es_core::integration::InboxStore for SqliteStore {
+    /// Inserts `(consumer, event_id)` into `es_inbox` within the transaction
+    /// (`ON CONFLICT DO NOTHING`): `true` when a row was inserted. Projection transactions hold
+    /// SQLite's write lock, so no other transaction records the same event meanwhile.
+    async fn record_processed(
+        &self,
+        transaction: &mut Self::Transaction,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO es_inbox (consumer, event_id, processed_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(event_id.hyphenated().to_string())
+        .bind(now_micros())
+        .execute(&mut **transaction)
+        .await
+        .map_err(|error| {
+            store_error(
+                format!("record event {event_id} as processed by consumer `{consumer}`"),
+                error,
+            )
+        })?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}

@@ -35,6 +35,33 @@ mod sql {
     }
 }
 
+/// The inbox suite's cases, each holding its temporary file for as long as it runs; once on
+/// the store and once on the store behind a `DynStore`.
+mod inbox {
+    use es_core::DynStore;
+    use es_core::conformance::inbox;
+
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let temp = super::common::TempStore::new().await;
+                    inbox::$case(temp.store.clone()).await;
+                    inbox::$case(DynStore::new_sql_with_inbox(temp.store.clone())).await;
+                }
+            )*
+        };
+    }
+
+    cases!(
+        an_event_is_new_once,
+        a_rolled_back_record_is_forgotten,
+        inboxes_are_per_consumer_and_across_tenants,
+        racing_transactions_record_an_event_once,
+    );
+}
+
 use std::time::Duration;
 
 use common::TempStore;

@@ -220,7 +220,7 @@ async fn a_database_of_a_newer_es_sqlite_is_refused_before_migrating() {
         .await
         .expect_err("the schema is newer");
     assert!(
-        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 2 } if *p == path),
+        matches!(&error, OpenError::NewerSchema { path: p, found: 9999, supported: 3 } if *p == path),
         "{error:?}"
     );
     let message = error.to_string();
@@ -257,7 +257,7 @@ async fn reopening_keeps_the_events_and_migrates_nothing_twice() {
         .fetch_one(again.pool())
         .await
         .unwrap();
-    assert_eq!(migrations, 2);
+    assert_eq!(migrations, 3);
     let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(again.pool())
         .await
@@ -472,7 +472,7 @@ async fn without_migrations_a_schema_of_another_release_is_refused_untouched() {
         .await
         .expect_err("a new file has no schema");
     assert!(
-        matches!(&error, OpenError::NotMigrated { path: p, found: None, required: 2 } if *p == path),
+        matches!(&error, OpenError::NotMigrated { path: p, found: None, required: 3 } if *p == path),
         "{error:?}"
     );
     assert!(error.to_string().contains("migrate it first"), "{error}");

@@ -132,7 +132,7 @@ async fn a_database_of_the_first_schema_keeps_every_row_under_the_default_tenant
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'es_%' ORDER BY name",
     )
@@ -145,6 +145,7 @@ async fn a_database_of_the_first_schema_keeps_every_row_under_the_default_tenant
             "es_checkpoints",
             "es_dead_letters",
             "es_events",
+            "es_inbox",
             "es_projection_locks",
             "es_snapshots"
         ],

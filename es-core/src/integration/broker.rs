@@ -139,5 +139,10 @@ pub trait DeadLetterQueue: Send + Sync + 'static {
     /// Publishes the dead letter's original message again, to its original subject (so the
     /// consumer gets it as a new delivery), and removes it from the queue. `false` if there is
     /// no dead letter with that id.
+    ///
+    /// The message goes out with a new [`headers::MSG_ID`](super::headers::MSG_ID), so the
+    /// broker's duplicate window does not drop it, and every other header unchanged: the
+    /// consumer's inbox still knows the event by [`headers::EVENT_ID`](super::headers::EVENT_ID)
+    /// (a re-driven event that was handled meanwhile is only acknowledged).
     fn redrive(&self, id: &str) -> impl Future<Output = Result<bool, BrokerError>> + Send;
 }

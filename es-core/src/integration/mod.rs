@@ -1,6 +1,22 @@
-//! What a relay publishing events to a broker and its consumers agree on: the subject an event
-//! is published to and the headers it carries. The AsyncAPI document ([`crate::asyncapi`])
-//! describes exactly these, and a NATS JetStream relay uses the same function and constants.
+//! Integration events: the events of a service's log published to a broker, and consumed by
+//! other services.
+//!
+//! - The event log is the outbox: a [`Relay`] reads the global log from its checkpoint and
+//!   publishes each event (or the integration event a typed mapping makes of it) as a
+//!   [`Message`] ([`Message::from_event`]), at least once and in order, with pipelined
+//!   acknowledgements.
+//! - A [`Consumer`] handles a [`Subscription`]'s deliveries with a
+//!   [`Projection`](crate::projection::Projection): the event is decoded (and upcast), the
+//!   handler's writes commit with an inbox entry ([`InboxStore`]) so that a redelivered event
+//!   changes nothing, failures are retried with backoff and then dead-lettered
+//!   ([`DeadLetterQueue`]), bad messages are dead-lettered at once.
+//! - The broker is behind a small interface ([`Publisher`], [`Subscription`], [`Delivery`],
+//!   [`DeadLetterQueue`]): NATS JetStream in crate `es-nats`, and [`MemoryBus`] in memory for
+//!   tests.
+//!
+//! Below: what a relay and its consumers agree on, the subject an event is published to and the
+//! headers it carries. The AsyncAPI document ([`crate::asyncapi`]) describes exactly these, and
+//! a NATS JetStream relay uses the same function and constants.
 //!
 //! ```
 //! use es_core::integration::{headers, subject};
@@ -12,22 +28,41 @@
 //! ```
 
 mod broker;
+mod bus;
+mod consumer;
+mod inbox;
+mod message;
+mod relay;
 
 pub use broker::{
     BrokerError, DeadLetterQueue, DeadLetteredMessage, Delivery, Message, Publisher, Subscription,
 };
+pub use bus::{
+    DEFAULT_ACK_WAIT, DEFAULT_DUPLICATE_WINDOW, MemoryBus, MemoryDelivery, MemorySubscription,
+};
+pub use consumer::{BadMessage, Consumer, ConsumerError, DeadLetterReason, Outcome};
+pub use inbox::InboxStore;
+pub use message::{MessageError, decode_header_value, encode_header_value};
+pub use relay::{Relay, RelayError, RelayLag, RelaySummary, integration_event_id};
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// The header names of a published event. The payload is the stored JSON payload, unchanged.
 pub mod headers {
-    /// The event id: JetStream drops a second message with the same id within its duplicate
-    /// window, so a relay that publishes an event twice after a crash delivers it once.
+    /// The message id, the event id when a relay publishes: JetStream drops a second message
+    /// with the same id within its duplicate window, so a relay that publishes an event twice
+    /// after a crash delivers it once. A re-drive publishes with a new one.
     pub const MSG_ID: &str = "Nats-Msg-Id";
-    /// The tenant the event belongs to (absent for single-tenant stores).
+    /// The event id again, never changed: what a consumer's inbox recognises an event by, also
+    /// when a re-drive publishes it again under a new [`MSG_ID`].
+    pub const EVENT_ID: &str = "Es-Event-Id";
+    /// The tenant the event belongs to (`default` for single-tenant stores; a message without
+    /// it belongs to the default tenant).
     pub const TENANT: &str = "Es-Tenant";
-    /// The stream type (aggregate name).
+    /// The stream type (aggregate name). This and the other free-text values (tenant, stream
+    /// id, event type, correlation and causation ids) are percent-encoded outside printable
+    /// ASCII: see [`encode_header_value`](super::encode_header_value).
     pub const STREAM_TYPE: &str = "Es-Stream-Type";
     /// The stream id.
     pub const STREAM_ID: &str = "Es-Stream-Id";
@@ -55,6 +90,7 @@ pub mod headers {
     /// Every header, in the order above.
     pub const ALL: &[&str] = &[
         MSG_ID,
+        EVENT_ID,
         TENANT,
         STREAM_TYPE,
         STREAM_ID,
