@@ -88,12 +88,6 @@ async fn append_checked(
     };
     let inner = &store.inner;
     let operation = || format!("append to stream `{stream}`");
-    if let ([event], ExpectedVersion::NoStream | ExpectedVersion::Exact(_)) = (events, expected)
-        && exact >= 0
-        && let Some(range) = append_one(store, stream, event, exact).await?
-    {
-        return Ok(AppendOutcome::Appended(range));
-    }
     let mut attempts: u32 = 0;
     // Each retry follows a unique violation, which PostgreSQL raises only after the other
     // writer committed; the next attempt's snapshot sees that commit and decides on it. So every
@@ -202,58 +196,6 @@ async fn append_checked(
             .map_err(|e| store_error(operation(), e))?;
         return Ok(AppendOutcome::Appended(range));
     }
-}
-
-/// The common command in one plain statement: one event to a stream at version `expected`
-/// (0: a new stream). `None` when that did not write it: the stream is elsewhere, another writer
-/// holds the version, or the id is stored; the general statement then decides what happened.
-async fn append_one(
-    store: &PgStore,
-    stream: StreamKey<'_>,
-    event: &NewEvent,
-    expected: i64,
-) -> Result<Option<AppendedRange>, StoreError> {
-    let operation = || format!("append to stream `{stream}`");
-    let mut session = store
-        .session(stream.tenant)
-        .await
-        .map_err(|e| store_error(operation(), e))?;
-    let result = sqlx::query(&store.inner.sql.append_one)
-        .bind(stream.tenant)
-        .bind(stream.stream_type)
-        .bind(stream.id)
-        .bind(event.event_id)
-        .bind(&event.event_type)
-        .bind(i64::from(event.schema_version))
-        .bind(event.payload.as_str())
-        .bind(event.metadata.as_str())
-        .bind(expected)
-        .fetch_all(session.connection())
-        .await;
-    // `fetch_all`, not `fetch_optional`: the connection goes back to the pool with the reply
-    // read to its end (a partly read reply cost a round trip more per append).
-    let row = match result.map(|rows| rows.into_iter().next()) {
-        Ok(Some(row)) => row,
-        Ok(None) => return Ok(None),
-        Err(error) if is_race(&error, VERSION_KEY) || is_race(&error, EVENT_ID_KEY) => {
-            return Ok(None);
-        }
-        Err(error) => return Err(map_error(error, stream)),
-    };
-    let reply = |e| store_error(operation(), e);
-    let sequence: i64 = row.try_get(0).map_err(reply)?;
-    let transaction: String = row.try_get(1).map_err(reply)?;
-    let stored_version = expected + 1;
-    let range = AppendedRange {
-        first_version: version(stored_version, stream)?,
-        last_version: version(stored_version, stream)?,
-        last_position: position(&transaction, sequence, stream, stored_version)?,
-    };
-    session
-        .finish()
-        .await
-        .map_err(|e| store_error(operation(), e))?;
-    Ok(Some(range))
 }
 
 /// Whether `error` is a unique violation of `constraint` (caused by a concurrent writer or by a

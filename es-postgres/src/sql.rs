@@ -23,7 +23,6 @@ pub(crate) const SET_TENANT: &str = "SELECT set_config('es.tenant', $1, true)";
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
-    pub(crate) append_one: String,
     pub(crate) classify: String,
     read_stream_to_end: String,
     read_stream_to_version: String,
@@ -69,7 +68,6 @@ impl Sql {
         );
         Self {
             append: s(include_str!("sql/append.sql")),
-            append_one: s(include_str!("sql/append_one.sql")),
             classify: s(include_str!("sql/classify.sql")),
             read_stream_to_end: format!("{read_stream} ORDER BY stream_version"),
             read_stream_to_version: format!(
