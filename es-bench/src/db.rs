@@ -51,7 +51,8 @@ impl Target {
             format!("{url}{separator}sslmode=disable")
         };
         let url = url.as_str();
-        let store = PgStore::connect(url)
+        // Only its pool is used: each workload opens a store on a fresh schema of its own.
+        let store = PgStore::connect_with(url, PgOptions::new().migrate(false))
             .await
             .map_err(|error| format!("cannot connect to {url}: {error}"))?;
         Ok(Target::Postgres { store })

@@ -14,7 +14,7 @@ use es_examples::order::{
     Address, InventoryReserved, OrderConfirmed, OrderCreated, OrderEvent, OrderItem,
     PaymentProcessed, total_of,
 };
-use es_examples::order_list::OrderList;
+use es_examples::order_list::{OrderList, PerEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -554,8 +554,30 @@ async fn w4<S: EventStore>(
     baseline: &Baseline,
     settings: Settings,
 ) -> Result<Vec<Outcome>, BenchError> {
-    let tasks = 8;
-    let per_task = settings.count(250, 10);
+    Ok(vec![
+        concurrent_commands(store, baseline, settings, 8, settings.count(250, 10), None).await?,
+        // A web service under load: many more requests in flight than pooled connections.
+        concurrent_commands(
+            store,
+            baseline,
+            settings,
+            64,
+            settings.count(32, 2),
+            Some("64 tasks"),
+        )
+        .await?,
+    ])
+}
+
+/// `tasks` tasks, each opening an account of its own and running `per_task` commands on it.
+async fn concurrent_commands<S: EventStore>(
+    store: &S,
+    baseline: &Baseline,
+    settings: Settings,
+    tasks: u64,
+    per_task: u64,
+    variant: Option<&'static str>,
+) -> Result<Outcome, BenchError> {
     let accounts = Repository::<Account, S>::new(store.clone());
     let timings = alternate(
         settings,
@@ -564,7 +586,7 @@ async fn w4<S: EventStore>(
             let handles = (0..tasks)
                 .map(|task| {
                     let accounts = accounts.clone();
-                    let id = format!("ours-{round}-{task}");
+                    let id = format!("ours-{tasks}-{round}-{task}");
                     tokio::spawn(async move {
                         accounts
                             .execute(&id, &open_command(), &CommandContext::new())
@@ -586,7 +608,7 @@ async fn w4<S: EventStore>(
             let handles = (0..tasks)
                 .map(|task| {
                     let baseline = baseline.clone();
-                    let id = format!("base-{round}-{task}");
+                    let id = format!("base-{tasks}-{round}-{task}");
                     tokio::spawn(async move {
                         baseline.open(&id, "ann").await?;
                         for k in 1..per_task {
@@ -606,18 +628,18 @@ async fn w4<S: EventStore>(
     for round in 0..settings.rounds {
         for task in 0..tasks {
             for side in settings.ran() {
-                let id = format!("{side}-{round}-{task}");
+                let id = format!("{side}-{tasks}-{round}-{task}");
                 check_account(store, &id, per_task, Movement::net(per_task - 1)).await?;
             }
         }
     }
-    Ok(vec![Outcome::new(
+    Ok(Outcome::new(
         "W4",
-        None,
+        variant,
         tasks * per_task,
         &timings,
         Some(0.9),
-    )])
+    ))
 }
 
 /// W5: 4 tasks x 100 commands on one aggregate, with retries; nothing may be lost.
@@ -873,10 +895,10 @@ fn order_table_sql(table: &str, time: &str) -> String {
     )
 }
 
-async fn catch_up_ours<S: ProjectionStore>(store: &S, list: OrderList) -> Result<(), BenchError>
-where
-    OrderList: Projection<S>,
-{
+async fn catch_up_ours<S: ProjectionStore, P: Projection<S>>(
+    store: &S,
+    list: P,
+) -> Result<(), BenchError> {
     ProjectionRunner::new(store.clone(), list)
         .batch_size(500)
         .catch_up()
@@ -940,6 +962,18 @@ async fn w7(
         .await?;
         Ok(())
     };
+    let baseline_side = async |_| -> Result<Duration, BenchError> {
+        reset(&base_table, base_name).await?;
+        let started = Instant::now();
+        let done = baseline
+            .catch_up_orders(&base_table, base_name, 500)
+            .await?;
+        let elapsed = started.elapsed();
+        if done != events || count_confirmed(&base_table).await? != orders as i64 {
+            return Err("baseline: the order list misses orders".into());
+        }
+        Ok(elapsed)
+    };
     let timings = alternate(
         settings,
         async |_| -> Result<Duration, BenchError> {
@@ -952,18 +986,22 @@ async fn w7(
             }
             Ok(elapsed)
         },
+        baseline_side,
+    )
+    .await?;
+    let per_event = alternate(
+        settings,
         async |_| -> Result<Duration, BenchError> {
-            reset(&base_table, base_name).await?;
+            reset(list.table(), "order_list_per_event").await?;
             let started = Instant::now();
-            let done = baseline
-                .catch_up_orders(&base_table, base_name, 500)
-                .await?;
+            on_store!(store, s => catch_up_ours(s, PerEvent(list.clone())).await?);
             let elapsed = started.elapsed();
-            if done != events || count_confirmed(&base_table).await? != orders as i64 {
-                return Err("baseline: the order list misses orders".into());
+            if count_confirmed(list.table()).await? != orders as i64 {
+                return Err("ours (per event): the order list misses orders".into());
             }
             Ok(elapsed)
         },
+        baseline_side,
     )
     .await?;
     let note = match store {
@@ -974,5 +1012,6 @@ async fn w7(
     };
     Ok(vec![
         Outcome::new("W7", None, events, &timings, None).note(note),
+        Outcome::new("W7", Some("per-event handler"), events, &per_event, None),
     ])
 }

@@ -260,6 +260,64 @@ pub trait Projection<S: ProjectionStore>: Send {
         &mut self,
         transaction: &mut S::Transaction,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Updates the read model for a batch: the decoded events the projection declares, in log
+    /// order, within the transaction that commits the batch's checkpoint.
+    ///
+    /// The default calls [`handle`](Self::handle) on each. A read model overrides it to write
+    /// the whole batch with a few set-based statements (one multi-row `INSERT ... ON CONFLICT`
+    /// instead of a statement per event); it must leave the read model as `handle` on each
+    /// event in order would. When it fails, the runner rolls the batch back and redoes it one
+    /// event per transaction through `handle`, so a bad event is retried and parked alone and
+    /// the others commit. An error that is an [`EventFailed`] names the failing event, and that
+    /// failure counts as the event's first attempt.
+    fn handle_batch(
+        &mut self,
+        transaction: &mut S::Transaction,
+        events: &[Decoded<'_, Self::Event>],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        handle_each(self, transaction, events)
+    }
+}
+
+/// What the default [`Projection::handle_batch`] does: `handle` on each event, in order, an
+/// error naming the event it failed on.
+pub(crate) async fn handle_each<S: ProjectionStore, P: Projection<S> + ?Sized>(
+    projection: &mut P,
+    transaction: &mut S::Transaction,
+    events: &[Decoded<'_, P::Event>],
+) -> Result<(), HandlerError> {
+    for decoded in events {
+        projection
+            .handle(transaction, &decoded.event, decoded.envelope)
+            .await
+            .map_err(|source| -> HandlerError {
+                Box::new(EventFailed {
+                    position: decoded.envelope.position,
+                    source,
+                })
+            })?;
+    }
+    Ok(())
+}
+
+/// An event of a batch, decoded, with its envelope: what [`Projection::handle_batch`] gets.
+#[derive(Debug)]
+pub struct Decoded<'a, E> {
+    /// The event.
+    pub event: E,
+    /// Its envelope: stream, version, position, ids, metadata.
+    pub envelope: &'a RecordedEvent,
+}
+
+/// A batch handler's error that names the event it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("event at position {position}: {source}")]
+pub struct EventFailed {
+    /// The failing event's position.
+    pub position: Position,
+    /// The handler's error.
+    pub source: HandlerError,
 }
 
 /// What happens to an event whose handler still fails after the last retry.
@@ -826,8 +884,9 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
         }
     }
 
-    /// The batch in one transaction with its checkpoint; if anything fails, the batch is rolled
-    /// back and redone one event per transaction, so the failing event is retried alone.
+    /// The batch in one transaction with its checkpoint, through the projection's
+    /// [`Projection::handle_batch`]; if anything fails, the batch is rolled back and redone one
+    /// event per transaction, so the failing event is retried (and perhaps parked) alone.
     async fn process_batch(&mut self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let key = self.key();
         let span = tracing::debug_span!(
@@ -837,28 +896,52 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
             elapsed_us = tracing::field::Empty
         );
         let started = Instant::now();
-        let mut transaction = self.begin().await?;
         let mut failure = None;
-        for (index, event) in batch.iter().enumerate() {
-            if let Handled::Failed { error, retry } = self.handle(&mut transaction, event).await {
-                failure = Some((index, error, retry));
-                break;
+        let mut decoded = Vec::with_capacity(batch.len());
+        for (index, envelope) in batch.iter().enumerate() {
+            if !P::Event::knows(&envelope.event_type) {
+                continue;
+            }
+            match envelope.decode::<P::Event>() {
+                Ok(event) => decoded.push(Decoded { event, envelope }),
+                Err(error) => {
+                    let error: HandlerError = Box::new(DecodeFailure(error));
+                    failure = Some((Some(index), error, false));
+                    break;
+                }
             }
         }
+        let mut transaction = None;
+        if failure.is_none() {
+            let mut batch_transaction = self.begin().await?;
+            let handled = if decoded.is_empty() {
+                Ok(())
+            } else {
+                self.projection
+                    .handle_batch(&mut batch_transaction, &decoded)
+                    .await
+            };
+            match handled {
+                Ok(()) => transaction = Some(batch_transaction),
+                Err(error) => failure = Some(failed_event(batch, error)),
+            }
+        }
+        drop(decoded);
         if let Some((failed_at, error, retry)) = failure {
             drop(transaction);
-            // The events before the failing one are redone; the failing one's attempt in the
-            // batch counts as its first.
+            // Every event is redone alone (those after a failing one too: the batch handler
+            // may not have reached them); a failure the batch pinned on one event counts as
+            // that event's first attempt.
             let mut first_failure = Some((error, retry));
             for (index, event) in batch.iter().enumerate() {
-                let earlier = if index == failed_at {
+                let earlier = if Some(index) == failed_at {
                     first_failure.take()
                 } else {
                     None
                 };
                 self.process_alone(event, earlier).await?;
             }
-        } else {
+        } else if let Some(mut transaction) = transaction {
             let last = batch.last().map_or(Position::START, |e| e.position);
             self.store
                 .save_checkpoint(&mut transaction, &key, last)
@@ -960,6 +1043,21 @@ fn report(done: u64, total: u64, started: Instant) -> Progress {
         total,
         rate,
         eta,
+    }
+}
+
+/// Which event of `batch` a batch handler's error names, if it names one it holds, with the
+/// error to count as that event's first attempt.
+fn failed_event(
+    batch: &[RecordedEvent],
+    error: HandlerError,
+) -> (Option<usize>, HandlerError, bool) {
+    match error.downcast::<EventFailed>() {
+        Ok(failed) => match batch.iter().position(|e| e.position == failed.position) {
+            Some(index) => (Some(index), failed.source, true),
+            None => (None, failed as HandlerError, true),
+        },
+        Err(error) => (None, error, true),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::event::{DecodeError, Event, EventSchema, EventType};
 use crate::json::RawJson;
 use crate::memory::{MemoryStore, MemoryTransaction};
 use crate::projection::{
-    HandlerError, OnFailure, Progress, Projection, ProjectionError, ProjectionRunner,
+    Decoded, HandlerError, OnFailure, Progress, Projection, ProjectionError, ProjectionRunner,
     ProjectionStore, RetryPolicy,
 };
 use crate::store::{ExpectedVersion, StoreError};
@@ -306,7 +306,8 @@ struct Measurement {
 }
 
 /// A projection that records every `Tested` event it handles in the harness's read model; it
-/// can be told to fail on one event a number of times, and to take its time.
+/// can be told to fail on one event a number of times, to take its time, and to handle whole
+/// batches at once (failing a batch that holds its poisoned event without saying which).
 pub struct Recorder<H: ProjectionHarness> {
     harness: Arc<H>,
     name: String,
@@ -314,6 +315,8 @@ pub struct Recorder<H: ProjectionHarness> {
     failures_left: Arc<AtomicU32>,
     attempts_on_poison: Arc<AtomicU32>,
     pause: Duration,
+    set_based: bool,
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl<H: ProjectionHarness> std::fmt::Debug for Recorder<H> {
@@ -333,7 +336,31 @@ impl<H: ProjectionHarness> Recorder<H> {
             failures_left: Arc::new(AtomicU32::new(0)),
             attempts_on_poison: Arc::new(AtomicU32::new(0)),
             pause: Duration::ZERO,
+            set_based: false,
+            batches: Arc::default(),
         }
+    }
+
+    /// Handles batches as a set-based read model would: all at once, and a batch holding the
+    /// poisoned event fails as a whole, naming no event.
+    fn set_based(mut self) -> Self {
+        self.set_based = true;
+        self
+    }
+
+    /// Fails if event `n` is poisoned and has failures left, counting the attempt.
+    fn poisoned(&self, event: &Tested) -> Result<(), HandlerError> {
+        if let Tested::Numbered(n) = event
+            && self.poison == Some(*n)
+        {
+            self.attempts_on_poison.fetch_add(1, Ordering::SeqCst);
+            let left = self.failures_left.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures_left.store(left - 1, Ordering::SeqCst);
+                return Err(format!("event {n} is poisoned").into());
+            }
+        }
+        Ok(())
     }
 
     /// Fails on event `n` the next `times` times it is handled.
@@ -365,17 +392,28 @@ impl<H: ProjectionHarness> Projection<H::Store> for Recorder<H> {
         if !self.pause.is_zero() {
             tokio::time::sleep(self.pause).await;
         }
-        if let Tested::Numbered(n) = event
-            && self.poison == Some(*n)
-        {
-            self.attempts_on_poison.fetch_add(1, Ordering::SeqCst);
-            let left = self.failures_left.load(Ordering::SeqCst);
-            if left > 0 {
-                self.failures_left.store(left - 1, Ordering::SeqCst);
-                return Err(format!("event {n} is poisoned").into());
-            }
-        }
+        self.poisoned(event)?;
         self.harness.record(transaction, &self.name, envelope).await
+    }
+
+    async fn handle_batch(
+        &mut self,
+        transaction: &mut <H::Store as ProjectionStore>::Transaction,
+        events: &[Decoded<'_, Tested>],
+    ) -> Result<(), HandlerError> {
+        if !self.set_based {
+            return crate::projection::handle_each(self, transaction, events).await;
+        }
+        self.batches.lock().unwrap().push(events.len());
+        for decoded in events {
+            self.poisoned(&decoded.event)?;
+        }
+        for decoded in events {
+            self.harness
+                .record(transaction, &self.name, decoded.envelope)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn reset(
@@ -572,6 +610,97 @@ pub async fn a_failed_batch_is_redone_event_by_event<H: ProjectionHarness>(harne
         tested_ids(&store, LogScope::AllTenants).await
     );
     assert!(runner.parked().await.unwrap().is_empty());
+}
+
+/// A batch handler gets whole batches of the projection's decoded events, in log order, and
+/// each event is handled exactly once across catch-ups.
+pub async fn a_batch_handler_gets_whole_batches_exactly_once<H: ProjectionHarness>(harness: H) {
+    let harness = Arc::new(harness);
+    let store = harness.store();
+    append_to(
+        &store,
+        stream("a"),
+        ExpectedVersion::NoStream,
+        events(1, 12),
+    )
+    .await;
+    append_to(
+        &store,
+        stream("b"),
+        ExpectedVersion::NoStream,
+        vec![typed("Other", 13)],
+    )
+    .await;
+    append_to(
+        &store,
+        stream("c"),
+        ExpectedVersion::NoStream,
+        events(14, 12),
+    )
+    .await;
+    let projection = Recorder::new(&harness, "set_based").set_based();
+    let batches = projection.batches.clone();
+    let mut runner = ProjectionRunner::new(store.clone(), projection).batch_size(10);
+    runner.catch_up().await.expect("catch-up works");
+    assert_eq!(
+        *batches.lock().unwrap(),
+        [10, 9, 5],
+        "pages of 10 events, the other type skipped"
+    );
+    append_to(
+        &store,
+        stream("a"),
+        ExpectedVersion::Exact(12),
+        events(26, 3),
+    )
+    .await;
+    runner.catch_up().await.unwrap();
+    assert_eq!(batches.lock().unwrap().last(), Some(&3));
+    assert_eq!(
+        harness.recorded("set_based").await,
+        tested_ids(&store, LogScope::AllTenants).await,
+        "each event once, in log order"
+    );
+}
+
+/// A batch handler failing without naming the event is split: the batch is redone one event
+/// per transaction, the bad event is tried `max_attempts` times alone and parked, and every
+/// other event of the batch commits once.
+pub async fn a_failing_batch_is_split_to_park_the_one_bad_event<H: ProjectionHarness>(harness: H) {
+    let harness = Arc::new(harness);
+    let store = harness.store();
+    append_to(
+        &store,
+        stream("s"),
+        ExpectedVersion::NoStream,
+        events(1, 20),
+    )
+    .await;
+    let projection = Recorder::new(&harness, "split")
+        .set_based()
+        .failing_on(7, u32::MAX);
+    let attempts = projection.attempts_on_poison.clone();
+    let mut runner = ProjectionRunner::new(store.clone(), projection)
+        .batch_size(10)
+        .retry(fast_retries(3));
+    runner.catch_up().await.expect("the bad event is parked");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        4,
+        "once in its batch, then max_attempts alone"
+    );
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].attempts, 3);
+    assert_eq!(parked[0].stream_version, 7);
+    let poisoned = log(&store, LogScope::AllTenants).await[6].event_id;
+    let mut expected = tested_ids(&store, LogScope::AllTenants).await;
+    expected.retain(|id| *id != poisoned);
+    assert_eq!(
+        harness.recorded("split").await,
+        expected,
+        "the other 19 once each, in order"
+    );
 }
 
 /// An event whose handler keeps failing is tried exactly `max_attempts` times, then parked with
@@ -1012,6 +1141,8 @@ macro_rules! projection_conformance_tests {
             catch_up_handles_each_event_once_in_log_order,
             an_aborted_runner_resumes_without_handling_an_event_twice,
             a_failed_batch_is_redone_event_by_event,
+            a_batch_handler_gets_whole_batches_exactly_once,
+            a_failing_batch_is_split_to_park_the_one_bad_event,
             a_poison_event_is_parked_after_its_attempts_and_retried_once_fixed,
             the_stop_policy_stops_before_the_failing_event,
             an_undecodable_event_is_parked_without_retries,
