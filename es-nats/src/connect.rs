@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use es_core::integration::{Consumer, InboxStore, Relay, encode_token};
+use es_core::integration::{Consumer, InboxStore, Relay};
 use es_core::projection::{Projection, ProjectionStore};
 
 use crate::dead_letters::JetStreamDeadLetters;
@@ -148,8 +148,8 @@ impl EsNats {
     }
 
     /// A consumer handling this prefix's stream with `projection` on `store`: es-core's
-    /// [`Consumer`] on a durable consumer named after the projection (its name encoded as a
-    /// subject token) with the default [`SubscriptionSettings`], dead-lettering into
+    /// [`Consumer`] on a durable consumer named after the projection ([`durable_name`]) with the
+    /// default [`SubscriptionSettings`], dead-lettering into
     /// [`dead_letters`](Self::dead_letters). For other subscription settings, build the
     /// [`Consumer`] from [`subscribe_with`](Self::subscribe_with).
     pub async fn consumer<S, P>(
@@ -161,9 +161,46 @@ impl EsNats {
         S: InboxStore,
         P: Projection<S>,
     {
-        let durable = encode_token(projection.name()).into_owned();
+        let durable = durable_name(projection.name());
         let subscription = self.subscribe(&durable).await?;
         let dead_letters = self.dead_letters().await?;
         Ok(Consumer::new(store, projection, subscription, dead_letters))
+    }
+}
+
+/// The durable consumer name of a projection name: the name itself when it holds only ASCII
+/// letters, digits, `-` and `_` (what every NATS server takes in a consumer name); otherwise
+/// each other character replaced by `_` and a hash of the whole name appended, so that distinct
+/// names stay distinct (`billing.v2` gives `billing_v2-` and eight hex digits).
+pub fn durable_name(name: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if !name.is_empty() && name.chars().all(plain) {
+        return name.to_owned();
+    }
+    // FNV-1a, 32 bits: stable across releases and platforms.
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    let cleaned: String = name
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .collect();
+    format!("{cleaned}-{hash:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::durable_name;
+
+    #[test]
+    fn durable_names_keep_plain_names_and_keep_others_apart() {
+        assert_eq!(durable_name("order-summary_2"), "order-summary_2");
+        let dotted = durable_name("billing.v2");
+        assert!(dotted.starts_with("billing_v2-"), "{dotted}");
+        assert_eq!(dotted.len(), "billing_v2-".len() + 8);
+        assert_ne!(durable_name("billing.v2"), durable_name("billing v2"));
+        assert_ne!(durable_name("billing.v2"), durable_name("billing_v2"));
+        assert!(durable_name("").starts_with('-'));
+        assert!(durable_name("café").is_ascii());
     }
 }

@@ -68,11 +68,11 @@ pub(crate) fn rejected(message: impl Into<String>) -> BrokerError {
     }
 }
 
-/// Checks a JetStream stream or consumer name: not empty, no whitespace, `.`, `*`, `>`, slashes
-/// or control characters.
+/// Checks a JetStream stream or consumer name: not empty, only ASCII letters, digits, `-` and
+/// `_`. NATS allows more in principle, but a consumer name holding `%` (a percent-encoded
+/// projection name) leaves its pulls unanswered on a 2.9 server; [`crate::durable_name`] makes
+/// a valid name of any projection name.
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), NatsError> {
-    let bad =
-        |c: char| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\');
     if name.is_empty() {
         return Err(NatsError::Invalid {
             what,
@@ -80,11 +80,14 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), NatsError
             reason: "it is empty",
         });
     }
-    if name.chars().any(bad) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(NatsError::Invalid {
             what,
             value: name.to_owned(),
-            reason: "names cannot hold whitespace, `.`, `*`, `>`, slashes or control characters",
+            reason: "names hold only ASCII letters, digits, `-` and `_` (see `durable_name`)",
         });
     }
     Ok(())

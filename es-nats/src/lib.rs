@@ -85,7 +85,7 @@ mod publisher;
 mod stream;
 mod subscription;
 
-pub use connect::{EsNats, MAX_ACKS_IN_FLIGHT};
+pub use connect::{EsNats, MAX_ACKS_IN_FLIGHT, durable_name};
 pub use dead_letters::{JetStreamDeadLetters, dead_letter_headers, dead_letter_stream_name};
 pub use error::NatsError;
 pub use publisher::{JetStreamAck, JetStreamPublisher};

@@ -257,3 +257,28 @@ async fn dead_letters_are_listed_per_consumer_oldest_first_and_redriven_with_a_n
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].message, other);
 }
+
+#[tokio::test]
+async fn names_nats_cannot_serve_are_refused_before_they_reach_the_server() {
+    let nats = common::connect("names").await;
+    for bad in ["", "a.b", "a b", "a%2Eb", "a*", "a>", "café"] {
+        let settings = SubscriptionSettings::new(nats.stream_settings().name.clone(), bad);
+        let error = nats.subscribe_with(settings).await.unwrap_err();
+        assert!(
+            matches!(error, es_nats::NatsError::Invalid { .. }),
+            "{bad:?}: {error}"
+        );
+        let settings = es_nats::StreamSettings::new(bad, vec![format!("{}.x", nats.prefix())]);
+        assert!(
+            es_nats::ensure_stream(nats.jetstream(), &settings)
+                .await
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+    let settings = es_nats::StreamSettings::new("OK", vec!["a.*.>".to_owned(), "b..c".to_owned()]);
+    let error = es_nats::ensure_stream(nats.jetstream(), &settings)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("`b..c`"), "{error}");
+}
