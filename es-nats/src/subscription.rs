@@ -235,20 +235,18 @@ impl Subscription for JetStreamSubscription {
     type Delivery = JetStreamDelivery;
 
     async fn next(&mut self, timeout: Duration) -> Result<Option<JetStreamDelivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         if let Some(until) = self.hold_until {
-            let now = tokio::time::Instant::now();
-            if now < until {
-                if until - now > timeout {
-                    tokio::time::sleep(timeout).await;
-                    return Ok(None);
-                }
-                tokio::time::sleep_until(until).await;
+            if until > deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(None);
             }
+            tokio::time::sleep_until(until).await;
             self.hold_until = None;
         }
         let durable = self.settings.durable.clone();
         let messages = self.messages().await?;
-        let next = match tokio::time::timeout(timeout, messages.next()).await {
+        let next = match tokio::time::timeout_at(deadline, messages.next()).await {
             Err(_elapsed) => return Ok(None),
             Ok(next) => next,
         };
