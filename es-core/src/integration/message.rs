@@ -83,7 +83,16 @@ impl Message {
     /// Metadata that does not parse only leaves the correlation and causation ids out: the
     /// event itself is published.
     pub fn from_event(prefix: &str, event: &RecordedEvent) -> Message {
-        let metadata = event.metadata().unwrap_or_default();
+        // Only the two ids travel as headers: read just them (a `Metadata` would also collect
+        // every other field).
+        #[derive(Default, serde::Deserialize)]
+        struct Ids {
+            #[serde(default)]
+            correlation_id: Option<String>,
+            #[serde(default)]
+            causation_id: Option<String>,
+        }
+        let metadata: Ids = event.metadata.decode().unwrap_or_default();
         let event_id = event.event_id.to_string();
         let mut headers: Vec<(String, String)> = Vec::with_capacity(headers::ALL.len());
         let mut add = |name: &str, value: String| headers.push((name.to_owned(), value));

@@ -111,7 +111,9 @@ enum Routed {
     NotMine,
     /// Known, and not published.
     Skip,
-    /// Publish this (the stored event, or the integration event made from it).
+    /// Publish the stored event as it is.
+    PublishStored,
+    /// Publish this integration event, made from the stored one.
     Publish(RecordedEvent),
     /// The rule failed: the relay stops.
     Failed(RuleError),
@@ -285,7 +287,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     pub fn publish_only<E: Event>(mut self) -> Self {
         self.rules.push(Box::new(|event: &RecordedEvent| {
             if E::knows(&event.event_type) {
-                Routed::Publish(event.clone())
+                Routed::PublishStored
             } else {
                 Routed::NotMine
             }
@@ -525,15 +527,25 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             checkpoint: self.checkpoint().await?,
         };
         let mut failures = 0u32;
+        // The page after the one being published, read while its acknowledgements are awaited.
+        let mut read_ahead: Option<(Position, Vec<RecordedEvent>)> = None;
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
                 return Ok((summary, true));
             }
-            let batch = match self
-                .store
-                .read_all(self.scope(), summary.checkpoint, self.batch_size)
-                .await
-            {
+            let ahead = read_ahead
+                .take()
+                .filter(|(after, _)| *after == summary.checkpoint)
+                .map(|(_, batch)| Ok(batch));
+            let read = match ahead {
+                Some(batch) => batch,
+                None => {
+                    self.store
+                        .read_all(self.scope(), summary.checkpoint, self.batch_size)
+                        .await
+                }
+            };
+            let batch = match read {
                 Ok(batch) => batch,
                 Err(error) if error.is_transient() => {
                     failures += 1;
@@ -557,7 +569,32 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                 events = batch.len(),
                 published = tracing::field::Empty,
             );
-            let outcome = self.publish_batch(&batch, summary.checkpoint).await;
+            // A full page may have more behind it: read it while this one is published.
+            let next = (batch.len() == self.batch_size).then(|| {
+                let store = self.store.clone();
+                let tenant = self.tenant.clone();
+                let after = batch.last().map_or(summary.checkpoint, |e| e.position);
+                let batch_size = self.batch_size;
+                async move {
+                    let scope = match &tenant {
+                        None => LogScope::AllTenants,
+                        Some(tenant) => LogScope::Tenant(tenant.as_str()),
+                    };
+                    (after, store.read_all(scope, after, batch_size).await)
+                }
+            });
+            let publish = self.publish_batch(&batch, summary.checkpoint);
+            let (outcome, next) = match next {
+                Some(next) => {
+                    let (outcome, next) = futures_util::future::join(publish, next).await;
+                    (outcome, Some(next))
+                }
+                None => (publish.await, None),
+            };
+            // A failed read ahead is read again in its turn, where its error is handled.
+            if let Some((after, Ok(next))) = next {
+                read_ahead = Some((after, next));
+            }
             span.record("published", outcome.published);
             drop(span);
             summary.published += outcome.published;
@@ -661,6 +698,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                     in_flight.push_back((event.position, None));
                     continue;
                 }
+                Routed::PublishStored => Message::from_event(&self.prefix, event),
                 Routed::Publish(published) => Message::from_event(&self.prefix, &published),
                 Routed::Failed(error) => {
                     if let Err(error) = settle(&mut in_flight, &mut unacked, 0, &mut outcome).await
@@ -708,7 +746,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
 
     fn route(&self, event: &RecordedEvent) -> Routed {
         if self.rules.is_empty() {
-            return Routed::Publish(event.clone());
+            return Routed::PublishStored;
         }
         for rule in &self.rules {
             match rule(event) {
