@@ -14,6 +14,7 @@
 //! The expression is evaluated anew for each case, so each case gets an empty store. The
 //! calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 
+pub mod consumer;
 pub mod inbox;
 pub mod projection;
 pub mod repository;

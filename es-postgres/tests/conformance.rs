@@ -31,6 +31,10 @@ mod inbox {
     es_core::inbox_conformance_tests!(async { es_postgres::testing::store().await });
 }
 
+mod consumer {
+    es_core::sql_consumer_conformance_tests!(async { es_postgres::testing::store().await });
+}
+
 /// The store chosen at run time: the same suites through `DynStore`.
 mod erased {
     use es_core::DynStore;
@@ -56,6 +60,12 @@ mod erased {
 
     mod inbox {
         es_core::inbox_conformance_tests!(async {
+            super::DynStore::new_sql_with_inbox(es_postgres::testing::store().await)
+        });
+    }
+
+    mod consumer {
+        es_core::sql_consumer_conformance_tests!(async {
             super::DynStore::new_sql_with_inbox(es_postgres::testing::store().await)
         });
     }

@@ -182,3 +182,29 @@ impl ProjectionHarness for SqliteHarness {
         assert_eq!(taken.rows_affected(), 1, "a runner held `{projection}`");
     }
 }
+
+/// The SQL consumer suite's cases, each holding its temporary file for as long as it runs; once
+/// on the store and once on the store behind a `DynStore`.
+mod consumer {
+    use es_core::DynStore;
+    use es_core::conformance::consumer;
+
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let temp = super::common::TempStore::new().await;
+                    consumer::$case(temp.store.clone()).await;
+                    let temp = super::common::TempStore::new().await;
+                    consumer::$case(DynStore::new_sql_with_inbox(temp.store.clone())).await;
+                }
+            )*
+        };
+    }
+
+    cases!(
+        a_consumers_writes_and_its_inbox_commit_together,
+        a_relay_keeps_its_checkpoint_and_lock_in_the_store,
+    );
+}
