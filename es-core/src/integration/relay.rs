@@ -527,21 +527,46 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             checkpoint: self.checkpoint().await?,
         };
         let mut failures = 0u32;
+        // Acknowledgements stay in flight from one page to the next; the checkpoint follows the
+        // last event acknowledged with every one before it (`done`), while reading goes on
+        // after the last event handed to the broker (`cursor`).
+        let mut in_flight: InFlight<P::Ack> = VecDeque::new();
+        let mut unacked = 0usize;
+        let mut done = summary.checkpoint;
+        let mut cursor = summary.checkpoint;
         // The page after the one being published, read while its acknowledgements are awaited.
         let mut read_ahead: Option<(Position, Vec<RecordedEvent>)> = None;
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
+                // What is in flight is settled and kept, if the broker and store allow; else
+                // it is published again from the checkpoint by the next relay.
+                let mut outcome = BatchOutcome {
+                    done,
+                    published: 0,
+                    skipped: 0,
+                    failure: None,
+                };
+                if settle(&mut in_flight, &mut unacked, 0, &mut outcome)
+                    .await
+                    .is_ok()
+                    && outcome.done > summary.checkpoint
+                    && self.commit_checkpoint(outcome.done).await.is_ok()
+                {
+                    summary.checkpoint = outcome.done;
+                }
+                summary.published += outcome.published;
+                summary.skipped += outcome.skipped;
                 return Ok((summary, true));
             }
             let ahead = read_ahead
                 .take()
-                .filter(|(after, _)| *after == summary.checkpoint)
+                .filter(|(after, _)| *after == cursor)
                 .map(|(_, batch)| Ok(batch));
             let read = match ahead {
                 Some(batch) => batch,
                 None => {
                     self.store
-                        .read_all(self.scope(), summary.checkpoint, self.batch_size)
+                        .read_all(self.scope(), cursor, self.batch_size)
                         .await
                 }
             };
@@ -560,9 +585,12 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                 }
                 Err(error) => return Err(self.store_error(error)),
             };
-            if batch.is_empty() {
+            if batch.is_empty() && in_flight.is_empty() && done == summary.checkpoint {
                 return Ok((summary, false));
             }
+            // At the end of the log every acknowledgement is awaited, so that the checkpoint
+            // reaches the head.
+            let end_of_log = batch.len() < self.batch_size;
             let span = tracing::debug_span!(
                 "es.relay.batch",
                 relay = %self.key(),
@@ -570,10 +598,10 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                 published = tracing::field::Empty,
             );
             // A full page may have more behind it: read it while this one is published.
-            let next = (batch.len() == self.batch_size).then(|| {
+            let next = (!end_of_log).then(|| {
                 let store = self.store.clone();
                 let tenant = self.tenant.clone();
-                let after = batch.last().map_or(summary.checkpoint, |e| e.position);
+                let after = batch.last().map_or(cursor, |e| e.position);
                 let batch_size = self.batch_size;
                 async move {
                     let scope = match &tenant {
@@ -583,7 +611,8 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                     (after, store.read_all(scope, after, batch_size).await)
                 }
             });
-            let publish = self.publish_batch(&batch, summary.checkpoint);
+            let publish =
+                self.publish_batch(&batch, &mut in_flight, &mut unacked, done, end_of_log);
             let (outcome, next) = match next {
                 Some(next) => {
                     let (outcome, next) = futures_util::future::join(publish, next).await;
@@ -599,6 +628,14 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             drop(span);
             summary.published += outcome.published;
             summary.skipped += outcome.skipped;
+            done = outcome.done;
+            if outcome.failure.is_none() {
+                cursor = batch.last().map_or(cursor, |e| e.position);
+            } else {
+                // Published again from the last event acknowledged with all before it.
+                cursor = done;
+                read_ahead = None;
+            }
             if outcome.done > summary.checkpoint {
                 match self.commit_checkpoint(outcome.done).await {
                     Ok(()) => {
@@ -681,16 +718,23 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
         )
     }
 
-    /// Publishes a batch, pipelined; stops at the first failure.
-    async fn publish_batch(&mut self, batch: &[RecordedEvent], from: Position) -> BatchOutcome {
+    /// Publishes a batch, pipelined behind what is already `in_flight` (done up to `from`);
+    /// awaits every acknowledgement at the end if `drain`, else leaves up to `max_in_flight`
+    /// in flight for the next batch. Stops at the first failure, with nothing left in flight.
+    async fn publish_batch(
+        &mut self,
+        batch: &[RecordedEvent],
+        in_flight: &mut InFlight<P::Ack>,
+        unacked: &mut usize,
+        from: Position,
+        drain: bool,
+    ) -> BatchOutcome {
         let mut outcome = BatchOutcome {
             done: from,
             published: 0,
             skipped: 0,
             failure: None,
         };
-        let mut in_flight: InFlight<P::Ack> = VecDeque::new();
-        let mut unacked = 0usize;
         for event in batch {
             let routed = self.route(event);
             let message = match routed {
@@ -701,8 +745,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                 Routed::PublishStored => Message::from_event(&self.prefix, event),
                 Routed::Publish(published) => Message::from_event(&self.prefix, &published),
                 Routed::Failed(error) => {
-                    if let Err(error) = settle(&mut in_flight, &mut unacked, 0, &mut outcome).await
-                    {
+                    if let Err(error) = settle(in_flight, unacked, 0, &mut outcome).await {
                         outcome.failure = Some(Failure::Broker(error));
                     } else {
                         outcome.failure = Some(Failure::Rule {
@@ -714,13 +757,8 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                     return outcome;
                 }
             };
-            if let Err(error) = settle(
-                &mut in_flight,
-                &mut unacked,
-                self.max_in_flight - 1,
-                &mut outcome,
-            )
-            .await
+            if let Err(error) =
+                settle(in_flight, unacked, self.max_in_flight - 1, &mut outcome).await
             {
                 outcome.failure = Some(Failure::Broker(error));
                 return outcome;
@@ -728,17 +766,18 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
             match self.publisher.publish(message).await {
                 Ok(ack) => {
                     in_flight.push_back((event.position, Some(Box::pin(ack))));
-                    unacked += 1;
+                    *unacked += 1;
                 }
                 Err(error) => {
                     // What was published before may still be acknowledged: keep that progress.
-                    let earlier = settle(&mut in_flight, &mut unacked, 0, &mut outcome).await;
+                    let earlier = settle(in_flight, unacked, 0, &mut outcome).await;
                     outcome.failure = Some(Failure::Broker(earlier.err().unwrap_or(error)));
                     return outcome;
                 }
             }
         }
-        if let Err(error) = settle(&mut in_flight, &mut unacked, 0, &mut outcome).await {
+        let keep = if drain { 0 } else { self.max_in_flight };
+        if let Err(error) = settle(in_flight, unacked, keep, &mut outcome).await {
             outcome.failure = Some(Failure::Broker(error));
         }
         outcome
