@@ -48,8 +48,8 @@ usage: es-bench nats [relay|latency] [--events N] [--rounds N] [--window N] [--b
   --rounds N     relay rounds, alternating which side goes first; default 3
   --window N     acknowledgements in flight, for both sides; default 256 (the relay's default)
   --rate N       appends per second in the latency run; default 200
-  --batch N      events the relay reads and checkpoints at a time; default 10000 (the relay
-                 drains its acknowledgements at the end of each batch)
+  --batch N      events the relay reads and checkpoints at a time; default 10000 (one
+                 checkpoint commit per batch; acknowledgements stay in flight across batches)
   --nats-url URL default $NATS_URL or nats://127.0.0.1:4222
   --db-url URL   PostgreSQL; default $DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres
   --sqlite-only  relay throughput on SQLite only";

@@ -253,7 +253,8 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     /// Sets how many events are read at a time (at least 1); the checkpoint is committed after
-    /// each batch.
+    /// each batch, at the last event acknowledged with every one before it (acknowledgements
+    /// stay in flight from one batch to the next; at the end of the log all are awaited).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
