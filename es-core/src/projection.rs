@@ -576,17 +576,11 @@ impl<S: ProjectionStore, P: Projection<S>> ProjectionRunner<S, P> {
     /// The key of the projection's checkpoint, lock and dead letters: its name, with the
     /// tenant for a runner scoped to one.
     pub fn key(&self) -> String {
-        match &self.tenant {
-            None => self.projection.name().to_owned(),
-            Some(tenant) => format!("{}@{tenant}", self.projection.name()),
-        }
+        self.scope().key(self.projection.name())
     }
 
     fn scope(&self) -> LogScope<'_> {
-        match &self.tenant {
-            None => LogScope::AllTenants,
-            Some(tenant) => LogScope::Tenant(tenant.as_str()),
-        }
+        LogScope::of(self.tenant.as_ref())
     }
 
     fn store_error(&self, source: StoreError) -> ProjectionError {

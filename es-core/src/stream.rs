@@ -217,6 +217,25 @@ pub enum LogScope<'a> {
     Tenant(&'a str),
 }
 
+impl<'a> LogScope<'a> {
+    /// The log of `tenant`, or of every tenant for `None`: what a runner or relay scoped with
+    /// `for_tenant` (or not) reads.
+    pub(crate) fn of(tenant: Option<&'a Tenant>) -> Self {
+        match tenant {
+            None => LogScope::AllTenants,
+            Some(tenant) => LogScope::Tenant(tenant.as_str()),
+        }
+    }
+
+    /// The key of `name`'s checkpoint and lock in this scope: `name`, or `name@<tenant>`.
+    pub(crate) fn key(self, name: &str) -> String {
+        match self {
+            LogScope::AllTenants => name.to_owned(),
+            LogScope::Tenant(tenant) => format!("{name}@{tenant}"),
+        }
+    }
+}
+
 impl LogScope<'_> {
     /// Whether an event of `tenant` is in scope.
     pub fn includes(self, tenant: &str) -> bool {

@@ -337,10 +337,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
 
     /// The key of the relay's checkpoint and lock: `relay:<name>`, or `relay:<name>@<tenant>`.
     pub fn key(&self) -> String {
-        match &self.tenant {
-            None => format!("relay:{}", self.name),
-            Some(tenant) => format!("relay:{}@{tenant}", self.name),
-        }
+        self.scope().key(&format!("relay:{}", self.name))
     }
 
     /// The store.
@@ -354,10 +351,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
     }
 
     fn scope(&self) -> LogScope<'_> {
-        match &self.tenant {
-            None => LogScope::AllTenants,
-            Some(tenant) => LogScope::Tenant(tenant.as_str()),
-        }
+        LogScope::of(self.tenant.as_ref())
     }
 
     fn store_error(&self, source: StoreError) -> RelayError {
@@ -605,10 +599,7 @@ impl<S: ProjectionStore, P: Publisher> Relay<S, P> {
                 let after = batch.last().map_or(cursor, |e| e.position);
                 let batch_size = self.batch_size;
                 async move {
-                    let scope = match &tenant {
-                        None => LogScope::AllTenants,
-                        Some(tenant) => LogScope::Tenant(tenant.as_str()),
-                    };
+                    let scope = LogScope::of(tenant.as_ref());
                     (after, store.read_all(scope, after, batch_size).await)
                 }
             });
